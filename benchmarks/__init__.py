@@ -1,0 +1,1 @@
+"""Offline engine benchmarks, server load generators and reports."""
