@@ -1,0 +1,180 @@
+"""The issue's goals and the serving-path cost, computed from one run's own figures.
+
+Nothing here measures: every number comes from the offline grid, the quality
+table and the server levels of the same run, so a goal is never judged
+against figures from another day or another machine.
+
+- int8 on CPU: at least 2.5x PyTorch fp32's pairs/s at batch 32, sequence
+  128, with AUC within 0.5% (relative) of PyTorch's on the same baskets;
+- the batching server: at least 0.85x the offline engine's pairs/s at
+  concurrency 64, and at least 3x the same server with batching off.
+
+The offline engine's pairs/s "at the same batch size" takes the grid's batch
+size nearest the server's mean batch, at the requests' mean pair length
+(seconds per pair interpolated linearly between the grid's sequence
+lengths): the grid has no padding, so padding is part of the serving cost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from edgerec.benchmarks.engines import REFERENCE
+
+INT8_SPEEDUP = 2.5
+INT8_AUC_TOLERANCE = 0.005
+SERVER_VS_OFFLINE = 0.85
+BATCHING_GAIN = 3.0
+
+
+def _nearest(values: Sequence[float], target: float) -> float:
+    return min(values, key=lambda v: (abs(v - target), v))
+
+
+def offline_pairs_per_s(
+    rows: Sequence[Mapping[str, Any]], engine: str, batch_size: float, sequence_length: float
+) -> tuple[float, dict[str, Any]] | None:
+    """The engine's offline pairs/s at the grid batch size nearest `batch_size`, at `sequence_length` tokens."""
+    mine = [r for r in rows if r["engine"] == engine]
+    if not mine:
+        return None
+    batch = _nearest(sorted({r["batch_size"] for r in mine}), batch_size)
+    at_batch = sorted((r for r in mine if r["batch_size"] == batch), key=lambda r: r["sequence_length"])
+    lengths = [r["sequence_length"] for r in at_batch]
+    seconds_per_pair = [1.0 / r["pairs_per_s"] for r in at_batch]
+    length = min(max(float(sequence_length), lengths[0]), lengths[-1])  # no extrapolation past the grid
+    value = 1.0 / float(np.interp(length, lengths, seconds_per_pair))
+    return value, {"engine": engine, "batch_size": batch, "sequence_length": round(length, 1), "grid_lengths": lengths}
+
+
+def _cell(rows: Sequence[Mapping[str, Any]], engine: str, batch: int, sequence: int) -> Mapping[str, Any] | None:
+    wanted = (engine, batch, sequence)
+    return next((r for r in rows if (r["engine"], r["batch_size"], r["sequence_length"]) == wanted), None)
+
+
+def _unmeasured(goal: dict[str, Any], why: str) -> dict[str, Any]:
+    return {**goal, "met": None, "measured": {}, "summary": f"not measured: {why}"}
+
+
+def int8_goal(
+    rows: Sequence[Mapping[str, Any]],
+    quality: Mapping[str, Mapping[str, Any]],
+    int8_engine: str,
+    batch: int,
+    sequence: int,
+) -> dict[str, Any]:
+    """int8 >= 2.5x PyTorch fp32 pairs/s at (batch, sequence), AUC within 0.5% relative."""
+    goal = {
+        "name": "int8 CPU speed-up with equal quality",
+        "target": f"{int8_engine} >= {INT8_SPEEDUP}x {REFERENCE} pairs/s at batch {batch}, sequence {sequence}; "
+        f"|AUC change| <= {INT8_AUC_TOLERANCE:.1%} relative",
+    }
+    ran = {r["engine"] for r in rows}
+    if int8_engine not in ran or REFERENCE not in ran:
+        return _unmeasured(goal, f"{int8_engine} or {REFERENCE} did not run")
+    cells = sorted({(r["batch_size"], r["sequence_length"]) for r in rows if r["engine"] == int8_engine})
+    at = min(cells, key=lambda cell: (abs(cell[1] - sequence), abs(cell[0] - batch)))  # the goal's cell if the grid has it
+    reference, int8 = _cell(rows, REFERENCE, *at), _cell(rows, int8_engine, *at)
+    if reference is None or int8 is None:
+        return _unmeasured(goal, f"no figures at batch {at[0]}, sequence {at[1]}")
+    speedup = int8.get("speedup_vs_reference", int8["pairs_per_s"] / reference["pairs_per_s"])
+    auc_change = quality.get(int8_engine, {}).get("auc_relative_change")
+    measured = {
+        "batch_size": at[0],
+        "sequence_length": at[1],
+        "int8_pairs_per_s": int8["pairs_per_s"],
+        "reference_pairs_per_s": reference["pairs_per_s"],
+        "speedup": speedup,
+        "auc": quality.get(int8_engine, {}).get("auc"),
+        "reference_auc": quality.get(int8_engine, {}).get("reference_auc"),
+        "auc_relative_change": auc_change,
+    }
+    auc_known = auc_change is not None and np.isfinite(auc_change)
+    if speedup < INT8_SPEEDUP:
+        met: bool | None = False  # too slow, whatever its accuracy
+    else:
+        met = abs(auc_change) <= INT8_AUC_TOLERANCE if auc_known else None
+    where = "" if at == (batch, sequence) else f" (the grid has no batch {batch} x seq {sequence} cell)"
+    auc_text = f"AUC change {auc_change:+.3%}" if auc_known else "AUC not measured"
+    summary = f"{speedup:.2f}x at batch {at[0]}, seq {at[1]}{where}; {auc_text}"
+    return {**goal, "met": met, "measured": measured, "summary": summary}
+
+
+def serving_cost(
+    server: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], engine: str, mean_pair_tokens: float
+) -> list[dict[str, Any]]:
+    """Per mode and closed-loop level: server pairs/s / offline engine pairs/s at the same batch size."""
+    out = []
+    for mode, result in server.items():
+        for level in result["closed_loop"]:
+            batch = level["server"]["mean_batch_size"]
+            if not np.isfinite(batch):
+                continue
+            offline = offline_pairs_per_s(rows, engine, batch, mean_pair_tokens)
+            if offline is None:
+                continue
+            pairs_per_s, basis = offline
+            out.append(
+                {
+                    "mode": mode,
+                    "concurrency": level["level"],
+                    "server_pairs_per_s": level["pairs_per_s"],
+                    "mean_batch_size": batch,
+                    "offline_pairs_per_s": pairs_per_s,
+                    "offline_basis": basis,
+                    "ratio": level["pairs_per_s"] / pairs_per_s,
+                }
+            )
+    return out
+
+
+def server_goals(server: Mapping[str, Any], cost: Sequence[Mapping[str, Any]], concurrency: int) -> list[dict[str, Any]]:
+    """Batching server vs the offline engine, and vs batching off, at `concurrency` (else the highest measured)."""
+    vs_offline = {
+        "name": "batching server vs offline engine",
+        "target": f">= {SERVER_VS_OFFLINE}x offline pairs/s at concurrency {concurrency}",
+    }
+    vs_off = {
+        "name": "batching on vs off",
+        "target": f">= {BATCHING_GAIN}x batching-off pairs/s at concurrency {concurrency}",
+    }
+    levels = {
+        mode: {level["level"]: level for level in server.get(mode, {}).get("closed_loop", [])}
+        for mode in ("batching", "no_batching")
+    }
+    common = sorted(set(levels["batching"]) & set(levels["no_batching"]))
+    if not common:
+        return [_unmeasured(goal, "no closed-loop server levels ran") for goal in (vs_offline, vs_off)]
+    at = concurrency if concurrency in common else common[-1]
+    where = "" if at == concurrency else f" (concurrency {concurrency} was not run)"
+    on, off = levels["batching"][at], levels["no_batching"][at]
+    if on["pairs_per_s"] <= 0 or off["pairs_per_s"] <= 0:
+        why = f"a server answered no request at concurrency {at} (levels too short for this machine?)"
+        return [_unmeasured(goal, why) for goal in (vs_offline, vs_off)]
+    row = next((c for c in cost if c["mode"] == "batching" and c["concurrency"] == at), None)
+    if row is None:
+        offline_goal = _unmeasured(vs_offline, "no offline figures for the served engine")
+    else:
+        offline_goal = {
+            **vs_offline,
+            "met": row["ratio"] >= SERVER_VS_OFFLINE,
+            "measured": {"concurrency": at, **{k: v for k, v in row.items() if k not in ("mode", "concurrency")}},
+            "summary": f"{row['ratio']:.2f}x at concurrency {at}{where}: {row['server_pairs_per_s']:.0f} vs "
+            f"{row['offline_pairs_per_s']:.0f} pairs/s offline (batch {row['offline_basis']['batch_size']})",
+        }
+    gain = on["pairs_per_s"] / off["pairs_per_s"]
+    gain_goal = {
+        **vs_off,
+        "met": gain >= BATCHING_GAIN,
+        "measured": {
+            "concurrency": at,
+            "batching_pairs_per_s": on["pairs_per_s"],
+            "no_batching_pairs_per_s": off["pairs_per_s"],
+            "gain": gain,
+        },
+        "summary": f"{gain:.2f}x at concurrency {at}{where}: {on['pairs_per_s']:.0f} vs {off['pairs_per_s']:.0f} pairs/s",
+    }
+    return [offline_goal, gain_goal]

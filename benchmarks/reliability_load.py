@@ -1,0 +1,208 @@
+"""Load scenarios: capacity, soak (~70 % of it, for minutes) and overload (3x it).
+
+Capacity is what one server answers with `capacity_concurrency` requests in
+flight. The soak sends Poisson arrivals below capacity and must see no error
+and no growth of the server's resident memory. The overload sends Poisson
+arrivals at three times capacity: the server must stay up, refuse the excess
+with RESOURCE_EXHAUSTED at once (refusals are timed), keep the p99 of what
+it admitted bounded by its queue bound, hold its memory and never answer
+INTERNAL. All traffic stays on 127.0.0.1 and every run ends by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import Callable
+
+import grpc
+import numpy as np
+
+from edgerec.benchmarks.reliability_config import ReliabilityConfig
+from edgerec.benchmarks.reliability_harness import (
+    Check,
+    Scenario,
+    ScoreWorkload,
+    ServerUnderTest,
+    Tally,
+    closed_loop,
+    open_loop,
+    percentile_ms,
+)
+from edgerec.proto import recommender_pb2_grpc
+from edgerec.runtime.config import Config
+
+Progress = Callable[[float], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class Capacity:
+    """What the server answers when it is kept busy (closed loop)."""
+
+    requests_per_s: float
+    pairs_per_s: float
+    p99_ms: float
+    peak_rss_mb: float
+    concurrency: int
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _stub_call(channel: grpc.aio.Channel, workload: ScoreWorkload, timeout_s: float):
+    stub = recommender_pb2_grpc.RecommenderStub(channel)
+    return lambda: stub.Score(workload.take(), timeout=timeout_s)
+
+
+def measure_capacity(server: ServerUnderTest, workload: ScoreWorkload, config: ReliabilityConfig) -> Capacity:
+    """Closed loop at `capacity_concurrency` for `capacity_s` (after a short unmeasured warm-up)."""
+
+    async def main() -> tuple[Tally, float]:
+        async with grpc.aio.insecure_channel(server.target) as channel:
+            call = _stub_call(channel, workload, config.request_timeout_s)
+            await closed_loop(call, config.capacity_concurrency, min(1.0, config.capacity_s / 4), Tally())
+            tally = Tally()
+            return tally, await closed_loop(call, config.capacity_concurrency, config.capacity_s, tally)
+
+    started = time.perf_counter()
+    tally, rate = asyncio.run(main())
+    if tally.lost or not tally.answered:
+        raise RuntimeError(f"capacity could not be measured: {tally.summary()}")
+    return Capacity(
+        requests_per_s=rate,
+        pairs_per_s=rate * workload.mean_pairs,
+        p99_ms=percentile_ms(tally.latencies_s, 99),
+        peak_rss_mb=server.memory.peak_mb(started),
+        concurrency=config.capacity_concurrency,
+    )
+
+
+def _run_open_loop(
+    server: ServerUnderTest,
+    workload: ScoreWorkload,
+    rate: float,
+    seconds: float,
+    tally: Tally,
+    config: ReliabilityConfig,
+    progress: Progress | None,
+) -> float:
+    async def main() -> float:
+        async with grpc.aio.insecure_channel(server.target) as channel:
+            call = _stub_call(channel, workload, config.request_timeout_s)
+            rng = np.random.default_rng(config.seed)
+            return await open_loop(call, rate, seconds, tally, rng, config.request_timeout_s + 5.0, progress)
+
+    return asyncio.run(main())
+
+
+def soak(
+    server: ServerUnderTest,
+    workload: ScoreWorkload,
+    capacity: Capacity,
+    config: ReliabilityConfig,
+    progress: Progress | None = None,
+) -> Scenario:
+    """Open loop at `soak_fraction` of capacity for `soak_s`: no error, no memory growth."""
+    rate = config.soak_fraction * capacity.requests_per_s
+    tally = Tally()
+    started = time.perf_counter()
+    achieved = _run_open_loop(server, workload, rate, config.soak_s, tally, config, progress)
+    stopped = time.perf_counter()
+    fifth = (stopped - started) / 5
+    first, last = server.memory.between(started, started + fifth), server.memory.between(stopped - fifth, stopped)
+    growth = float(np.median(last) - np.median(first)) if first.size and last.size else float("nan")
+    figures = {
+        **tally.summary(),
+        "seconds": config.soak_s,
+        "offered_requests_per_s": rate,
+        "achieved_requests_per_s": achieved,
+        "fraction_of_capacity": config.soak_fraction,
+        "rss_first_fifth_mb": float(np.median(first)) if first.size else None,
+        "rss_last_fifth_mb": float(np.median(last)) if last.size else None,
+        "rss_growth_mb": growth,
+        "rss_growth_mb_per_min": growth / (stopped - started) * 60.0,
+        "peak_rss_mb": server.memory.peak_mb(started, stopped),
+    }
+    checks = [
+        Check("nothing lost", tally.lost == 0, f"lost {tally.lost} of {tally.sent} ({dict(tally.unexpected)})"),
+        Check("no error", not tally.refused and not tally.unexpected, f"refused {dict(tally.refused)}"),
+        Check(
+            "memory flat",
+            growth <= config.soak_memory_growth_mb,
+            f"RSS grew {growth:.1f} MiB from the first to the last fifth (bound {config.soak_memory_growth_mb} MiB)",
+        ),
+        Check("server up", server.alive() and server.healthy(), "health check after the soak"),
+    ]
+    return Scenario("soak", f"{config.soak_fraction:.0%} of capacity for {config.soak_s:.0f} s", figures, checks)
+
+
+def overload(
+    server: ServerUnderTest,
+    workload: ScoreWorkload,
+    capacity: Capacity,
+    config: ReliabilityConfig,
+    served: Config,
+    progress: Progress | None = None,
+) -> Scenario:
+    """Open loop at `overload_factor` x capacity: up, bounded, refusing the excess at once, never INTERNAL."""
+    # what the admission bound lets wait at most: the pair bound, or the request bound of the largest requests
+    queue_bound_pairs = min(served.batcher.max_queue_pairs, served.batcher.max_queue_requests * max(workload.pairs))
+    rate = config.overload_factor * capacity.requests_per_s
+    tally = Tally(refusal_codes=frozenset({"RESOURCE_EXHAUSTED"}))
+    started = time.perf_counter()
+    achieved = _run_open_loop(server, workload, rate, config.overload_s, tally, config, progress)
+    stopped = time.perf_counter()
+    summary = tally.summary()
+    queue_drain_ms = queue_bound_pairs / capacity.pairs_per_s * 1000.0
+    fill_s = queue_drain_ms / 1000.0 / max(config.overload_factor - 1.0, 1e-9)  # when the excess fills the queue
+    p99_bound_ms = config.p99_bound_factor * (queue_drain_ms + capacity.p99_ms)
+    peak = server.memory.peak_mb(started, stopped)
+    p50, refusal_p50, p99 = summary["p50_ms"], summary["refusal_p50_ms"], summary["p99_ms"]
+    figures = {
+        **summary,
+        "seconds": config.overload_s,
+        "offered_requests_per_s": rate,
+        "achieved_requests_per_s": achieved,
+        "factor_of_capacity": config.overload_factor,
+        "refused_fraction": sum(tally.refused.values()) / tally.sent if tally.sent else 0.0,
+        "queue_bound_pairs": queue_bound_pairs,
+        "queue_drain_ms": queue_drain_ms,
+        "queue_fills_after_s": fill_s,
+        "p99_bound_ms": p99_bound_ms,
+        "rss_at_capacity_mb": capacity.peak_rss_mb,
+        "peak_rss_mb": peak,
+    }
+    checks = [
+        Check("server up", server.alive() and server.healthy(), "process alive and health SERVING after the overload"),
+        Check("nothing lost", tally.lost == 0, f"lost {tally.lost} of {tally.sent} ({dict(tally.unexpected)})"),
+        Check("no INTERNAL", "INTERNAL" not in tally.unexpected, f"codes other than OK/RESOURCE_EXHAUSTED: {dict(tally.unexpected)}"),
+        Check(
+            "excess refused",
+            tally.refused["RESOURCE_EXHAUSTED"] > 0 and tally.answered > 0,
+            f"answered {tally.answered}, refused {dict(tally.refused)} of {tally.sent}; the admission bound "
+            f"({queue_bound_pairs} pairs = {queue_drain_ms / 1000:.1f} s of work) fills after ~{fill_s:.1f} s of overload",
+        ),
+        Check(
+            "refused at once",
+            refusal_p50 is not None and p50 is not None and refusal_p50 < p50,
+            f"refusal p50 {_ms(refusal_p50)} vs admitted p50 {_ms(p50)} (refusals must not wait in the queue)",
+        ),
+        Check(
+            "admitted p99 bounded",
+            p99 is not None and p99 <= p99_bound_ms,
+            f"p99 {_ms(p99)}, bound {p99_bound_ms:.0f} ms = {config.p99_bound_factor} x (queue drain "
+            f"{queue_drain_ms:.0f} ms + p99 at capacity {capacity.p99_ms:.0f} ms)",
+        ),
+        Check(
+            "memory bounded",
+            peak - capacity.peak_rss_mb <= config.overload_memory_growth_mb,
+            f"peak RSS {peak:.0f} MiB vs {capacity.peak_rss_mb:.0f} MiB at capacity "
+            f"(bound +{config.overload_memory_growth_mb} MiB)",
+        ),
+    ]
+    return Scenario("overload", f"{config.overload_factor:g}x capacity for {config.overload_s:.0f} s", figures, checks)
+
+
+def _ms(value: float | None) -> str:
+    return "none" if value is None else f"{value:.0f} ms"

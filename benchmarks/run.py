@@ -1,0 +1,228 @@
+"""`edgerec bench`: engines offline, then the server under load, then one report.
+
+Phases, in order (each prints its time budget, and shows progress):
+1. offline: load every engine (skipped GPU engines keep their reason), time
+   the batch x sequence grid with the engines interleaved, then each
+   engine's AUC and NDCG@10 on validation baskets;
+2. server: two `edgerec serve` processes, batching on and off, loaded with
+   real test-split requests, closed and open loop, back to back;
+3. report: `results.json` (all figures, the machine, the settings),
+   `REPORT.md` (tables and goal verdicts) and PNG plots in `--output-dir`.
+The goals are judged on figures of this same run only.
+
+The default sizes take about ten minutes on two CPU cores; `--quick` takes
+seconds and serves the tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import logging
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgerec.benchmarks import goals, plots, report
+from edgerec.benchmarks.config import QUICK_LOAD, QUICK_OFFLINE, BenchPaths, LoadConfig, OfflineConfig, RunConfig
+from edgerec.benchmarks.engines import physical_cores, plan_engines
+from edgerec.benchmarks.limits import ModelShape, PeakEstimate, estimate_peak, limits_table
+from edgerec.benchmarks.machine import describe_machine
+from edgerec.benchmarks.offline import grid_estimate_s, load_engines, time_grid
+from edgerec.benchmarks.quality import measure_quality
+from edgerec.benchmarks.server_bench import run_server_bench, server_estimate_s
+from edgerec.benchmarks.workload import bundle_featurizer, default_samples_dir, load_baskets, request_pool
+from edgerec.runtime.bundle import Bundle, open_bundle
+from edgerec.runtime.errors import EdgeRecError
+from edgerec.settings import add_arguments, dump_json, from_arguments, to_jsonable
+
+SECTIONS = (("", RunConfig), ("", BenchPaths), ("offline_", OfflineConfig), ("load_", LoadConfig))
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    for prefix, cls in SECTIONS:
+        add_arguments(parser, cls, prefix)
+
+
+def settings_from(args: argparse.Namespace) -> tuple[RunConfig, BenchPaths, OfflineConfig, LoadConfig]:
+    """The run's settings: defaults (or the quick ones), overridden by any flag given."""
+    run_config = from_arguments(RunConfig, args)
+    paths = from_arguments(BenchPaths, args)
+    offline = from_arguments(OfflineConfig, args, "offline_", base=QUICK_OFFLINE if run_config.quick else None)
+    load = from_arguments(LoadConfig, args, "load_", base=QUICK_LOAD if run_config.quick else None)
+    return run_config, paths, offline, load
+
+
+def offline_phase(
+    bundle: Bundle,
+    paths: BenchPaths,
+    config: OfflineConfig,
+    threads: int,
+    shape: ModelShape | None,
+    peak: PeakEstimate,
+    samples_dir: Path,
+) -> dict[str, Any]:
+    """Engines (loaded or skipped), the timed grid and each engine's quality."""
+    featurizer = bundle_featurizer(bundle)
+    seconds = {}
+    started = time.perf_counter()
+    specs = plan_engines(config.engines, bundle, paths.checkpoint, paths.export_dir)
+    engines, engine_rows = load_engines(specs, featurizer, config, threads)
+    seconds["engine loading"] = time.perf_counter() - started
+    try:
+        started = time.perf_counter()
+        grid = time_grid(engines, featurizer, config, shape, peak)
+        seconds["offline grid"] = time.perf_counter() - started
+        started = time.perf_counter()
+        validation = load_baskets(samples_dir, "valid")
+        quality = measure_quality(
+            engines, bundle, validation, featurizer, config.quality_baskets, config.quality_batch_size, config.seed
+        )
+        seconds["quality"] = time.perf_counter() - started
+    finally:
+        for engine in engines:
+            engine.close()
+    return {"engines": engine_rows, "offline": grid, "quality": quality, "phase_seconds": seconds}
+
+
+def server_phase(
+    bundle: Bundle, config: LoadConfig, threads: int, spin_wait: bool, samples_dir: Path, offline_rows: list, served: str
+) -> dict[str, Any]:
+    """Both servers under load, the request pool they were sent, and the serving-path cost."""
+    pool, source = request_pool(
+        load_baskets(samples_dir, "test"),
+        bundle_featurizer(bundle),
+        config.request_pool,
+        config.min_candidates,
+        config.max_candidates,
+        config.max_history_items,
+        config.seed,
+    )
+    candidates = np.array([len(r.candidates) for r in pool], dtype=float)
+    mean_pair_tokens = float(np.average([r.mean_pair_tokens for r in pool], weights=candidates))
+    started = time.perf_counter()
+    server = run_server_bench(bundle.root, pool, config, threads, spin_wait)
+    return {
+        "requests": {
+            "count": len(pool),
+            "source": source,
+            "mean_candidates": float(candidates.mean()),
+            "mean_pair_tokens": mean_pair_tokens,
+        },
+        "server": server,
+        "serving_cost": goals.serving_cost(server, offline_rows, served, mean_pair_tokens),
+        "phase_seconds": {"server": time.perf_counter() - started},
+    }
+
+
+def _merge(results: dict[str, Any], phase: dict[str, Any]) -> None:
+    results["phase_seconds"].update(phase.pop("phase_seconds"))
+    results.update(phase)
+
+
+def _finite(value: Any) -> Any:
+    """`value` with NaN and infinities as None, so results.json is strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_finite(item) for item in value]
+    return value
+
+
+def write_plots(results: dict[str, Any], output_dir: Path) -> list[str]:
+    """The PNGs this run has data for; returns their file names."""
+    written = []
+    if results.get("offline"):
+        limits = {
+            int(length): {"fp32": entry["fp32_limit_pairs_per_s"], "int8": entry["int8_limit_pairs_per_s"]}
+            for length, entry in (results.get("model") or {}).get("per_sequence_length", {}).items()
+        }
+        written.append(plots.offline_plot(results["offline"], limits, output_dir / "offline_throughput_latency.png").name)
+    if results.get("server"):
+        written.append(plots.server_load_plot(results["server"], output_dir / "server_latency_vs_load.png").name)
+        closed_loop = output_dir / "server_closed_loop.png"
+        written.append(plots.server_closed_loop_plot(results["server"], results.get("serving_cost", []), closed_loop).name)
+    return written
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    run_config, paths, offline_config, load_config = settings_from(args)
+    try:
+        bundle = open_bundle(paths.bundle)
+    except EdgeRecError as exc:
+        print(f"edgerec bench: {exc}", file=sys.stderr)
+        return 1
+    started = time.perf_counter()
+    output_dir = Path(paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    threads = offline_config.threads or physical_cores()
+    peak = estimate_peak(cores=min(threads, physical_cores()))
+    config_file = Path(paths.checkpoint) / "config.json"
+    shape = ModelShape.from_config_file(config_file) if config_file.is_file() else None
+    samples_dir = paths.samples_dir or default_samples_dir(bundle)
+    served = load_config.engine or bundle.manifest["default_engine"]["cpu"]
+
+    plan = []
+    if run_config.offline:
+        plan.append(f"offline grid ~{grid_estimate_s(offline_config) / 60:.1f} min + engine loading and quality")
+    if run_config.server:
+        plan.append(f"server ~{server_estimate_s(load_config) / 60:.1f} min + start-up")
+    print(f"edgerec bench: {bundle.name}-{bundle.version}, {threads} threads per engine; plan: {', '.join(plan)}")
+
+    results: dict[str, Any] = {
+        "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "quick": run_config.quick,
+        "settings": {"run": run_config, "paths": paths, "offline": offline_config, "load": load_config},
+        "machine": describe_machine(),
+        "threads": threads,
+        "bundle": {
+            "path": str(bundle.root),
+            "model_name": bundle.name,
+            "version": bundle.version,
+            "default_engine": bundle.manifest["default_engine"],
+            "engines": [e.precision for e in bundle.engines],
+            "data_fingerprint": bundle.manifest.get("data_fingerprint"),
+        },
+        "samples_dir": str(samples_dir),
+        "peak": peak.as_json(),
+        "model": limits_table(shape, peak, offline_config.sequence_lengths) if shape else None,
+        "served_engine": f"ort-{served}",
+        "phase_seconds": {},
+    }
+    if run_config.offline:
+        _merge(results, offline_phase(bundle, paths, offline_config, threads, shape, peak, samples_dir))
+    if run_config.server:
+        offline_rows = results.get("offline", [])
+        spin_wait = offline_config.spin_wait
+        _merge(results, server_phase(bundle, load_config, threads, spin_wait, samples_dir, offline_rows, f"ort-{served}"))
+
+    int8_engine = f"ort-{served}" if served.startswith("int8") else "ort-int8-dynamic"
+    results["goals"] = [
+        goals.int8_goal(
+            results.get("offline", []),
+            results.get("quality", {}),
+            int8_engine,
+            offline_config.goal_batch_size,
+            offline_config.goal_sequence_length,
+        ),
+        *goals.server_goals(results.get("server", {}), results.get("serving_cost", []), load_config.goal_concurrency),
+    ]
+    results["plots"] = write_plots(results, output_dir)
+    results["duration_s"] = time.perf_counter() - started
+    results["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    dump_json(output_dir / "results.json", _finite(to_jsonable(results)))
+    (output_dir / "REPORT.md").write_text(report.render(results, results["plots"]))
+    for goal in results["goals"]:
+        verdict = {True: " -> met", False: " -> NOT met", None: ""}[goal["met"]]
+        print(f"  goal: {goal['name']}: {goal['summary']}{verdict}")
+    minutes, plots_written = results["duration_s"] / 60, len(results["plots"])
+    print(f"edgerec bench: {minutes:.1f} min; {output_dir}/results.json, REPORT.md and {plots_written} plots")
+    return 0

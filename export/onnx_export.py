@@ -1,0 +1,77 @@
+"""Exports the scoring model (sigmoid and exp inside) to one ONNX file.
+
+It uses torch's legacy TorchScript exporter (`dynamo=False`) at opset 17: in
+torch 2.13 the default dynamo exporter writes a graph in which ONNX Runtime's
+transformer optimizer finds no attention to fuse, while the legacy graph fuses
+fully (see /work/shared/FACTS.md). Batch and sequence axes are dynamic, so one
+file serves every batch size and every padded pair length.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from edgerec.export.model import INPUT_NAMES, OUTPUT_NAMES, CrossEncoderRecommender, ScoringModel
+
+log = logging.getLogger(__name__)
+
+OPSET = 17
+EXPORTER = f"torch.onnx.export (TorchScript, dynamo=False) torch {torch.__version__}"
+
+# What every engine takes and returns; copied into the bundle manifest.
+INPUTS: list[dict[str, Any]] = [{"name": name, "dtype": "int64", "shape": ["batch", "sequence"]} for name in INPUT_NAMES]
+OUTPUTS: list[dict[str, Any]] = [{"name": name, "dtype": "float32", "shape": ["batch"]} for name in OUTPUT_NAMES]
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportRecord:
+    """What was exported, and how."""
+
+    path: Path
+    opset: int
+    exporter: str
+
+
+def _example_inputs(vocab_size: int, batch: int = 2, sequence: int = 16) -> tuple[torch.Tensor, ...]:
+    """A small batch whose two rows have different lengths, so padding and masking are traced."""
+    generator = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(1000, min(vocab_size, 2000), (batch, sequence), generator=generator)
+    attention_mask = torch.ones(batch, sequence, dtype=torch.int64)
+    attention_mask[1, sequence // 2 :] = 0
+    token_type_ids = torch.zeros(batch, sequence, dtype=torch.int64)
+    token_type_ids[:, sequence // 2 :] = 1
+    return input_ids, attention_mask, token_type_ids
+
+
+def export_onnx(model: CrossEncoderRecommender, path: Path, opset: int = OPSET) -> ExportRecord:
+    """Write `ScoringModel(model)` to `path` with dynamic batch and sequence axes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scoring = ScoringModel(model).eval()
+    dynamic_axes = {name: {0: "batch", 1: "sequence"} for name in INPUT_NAMES}
+    dynamic_axes.update({name: {0: "batch"} for name in OUTPUT_NAMES})
+    with torch.inference_mode(), warnings.catch_warnings():
+        # The tracer warns about Python-side shape checks inside transformers (constant for BERT),
+        # and torch warns that this exporter is the legacy one (chosen on purpose, see above).
+        warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message="Exporting aten::index operator")
+        torch.onnx.export(
+            scoring,
+            _example_inputs(model.config.vocab_size),
+            str(path),
+            input_names=list(INPUT_NAMES),
+            output_names=list(OUTPUT_NAMES),
+            dynamic_axes=dynamic_axes,
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+    log.info("exported %s (opset %d, %.1f MB)", path, opset, path.stat().st_size / 1e6)
+    return ExportRecord(path=path, opset=opset, exporter=EXPORTER)

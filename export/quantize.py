@@ -1,0 +1,144 @@
+"""Writes the lower-precision engines: int8 dynamic, int8 static (QDQ) and fp16.
+
+- int8 dynamic (`quantize_dynamic`): weights int8 per output channel,
+  activations quantized on the fly. It also quantizes the fused Attention and
+  EmbedLayerNormalization operators (the 30522 x hidden word embeddings are
+  most of the file), which is what makes the file about a quarter of fp32.
+  On the fused graph ONNX's shape inference cannot type the contrib operators,
+  hence `DefaultTensorType=FLOAT`.
+- int8 static (`quantize_static`, QDQ): activation ranges calibrated on
+  training pairs padded to one length (the calibrator stacks batches). The
+  static quantizer skips every tensor whose type it does not know, so ONNX
+  Runtime's symbolic shape inference (which knows the contrib operators)
+  types the fused graph first. Only
+  the operator types in `static_op_types` are quantized: quantizing every op
+  (the default) broke predictions on this model (FACTS.md).
+- fp16 (`onnxruntime.transformers.float16`): float weights and compute in
+  half precision with float32 inputs/outputs kept, for GPUs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
+from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+from onnxruntime.transformers.float16 import convert_float_to_float16
+
+from edgerec.runtime.featurize import EncodedBatch
+from edgerec.settings import setting
+
+log = logging.getLogger(__name__)
+
+# On the fused graph ONNX shape inference leaves contrib-op outputs untyped; this types them float.
+_FUSED_GRAPH_OPTIONS = {"DefaultTensorType": onnx.TensorProto.FLOAT}
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantizeConfig:
+    """How the int8 engines are quantized."""
+
+    per_channel: bool = setting(True, "int8 weights get one scale per output channel (more accurate than per tensor)")
+    reduce_range: bool = setting(False, "quantize weights to 7 bits (helps CPUs without VNNI, costs accuracy)")
+    dynamic_op_types: tuple[str, ...] = setting(
+        ("MatMul", "Attention", "EmbedLayerNormalization"),
+        "operator types int8 dynamic quantizes (the output heads are Gemm and stay float32)",
+    )
+    static_op_types: tuple[str, ...] = setting(
+        ("MatMul",), "operator types int8 static (QDQ) quantizes; quantizing all ops broke predictions"
+    )
+    static_unsigned_activations: bool = setting(
+        True, "int8 static activations as uint8 (U8S8: ~15% faster than S8S8 on an AVX-512 VNNI CPU, measured)"
+    )
+    exclude_nodes: tuple[str, ...] = setting((), "graph node names never quantized (either int8 variant)")
+    calibration_pairs: int = setting(512, "training pairs used to calibrate int8 static activation ranges")
+    calibration_batch_size: int = setting(32, "pairs per calibration batch")
+
+
+def quantize_int8_dynamic(source: Path, target: Path, config: QuantizeConfig = QuantizeConfig()) -> Path:
+    """Write the int8 dynamic engine for `source` (an optimized fp32 graph) to `target`."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    quantize_dynamic(
+        str(source),
+        str(target),
+        op_types_to_quantize=list(config.dynamic_op_types),
+        per_channel=config.per_channel,
+        reduce_range=config.reduce_range,
+        weight_type=QuantType.QInt8,
+        nodes_to_exclude=list(config.exclude_nodes),
+        extra_options=dict(_FUSED_GRAPH_OPTIONS),
+    )
+    log.info("int8 dynamic: %s (%.1f MB)", target.name, target.stat().st_size / 1e6)
+    return target
+
+
+def pad_batch(batch: EncodedBatch, length: int, pad_id: int) -> dict[str, np.ndarray]:
+    """Feeds for `batch` padded on the right to exactly `length` tokens."""
+    width = batch.input_ids.shape[1]
+    if width > length:
+        raise ValueError(f"batch is {width} tokens wide, longer than the calibration length {length}")
+    extra = ((0, 0), (0, length - width))
+    return {
+        "input_ids": np.pad(batch.input_ids, extra, constant_values=pad_id),
+        "attention_mask": np.pad(batch.attention_mask, extra, constant_values=0),
+        "token_type_ids": np.pad(batch.token_type_ids, extra, constant_values=0),
+    }
+
+
+class FeedsReader(CalibrationDataReader):
+    """Hands ONNX Runtime's calibrator a finite sequence of feed dicts."""
+
+    def __init__(self, feeds: Iterable[dict[str, np.ndarray]]) -> None:
+        self._feeds = list(feeds)
+        if not self._feeds:
+            raise ValueError("calibration needs at least one batch of training pairs")
+        self._iterator: Iterator[dict[str, np.ndarray]] = iter(self._feeds)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._iterator, None)
+
+    def rewind(self) -> None:
+        self._iterator = iter(self._feeds)
+
+
+def quantize_int8_static(
+    source: Path,
+    target: Path,
+    calibration: Iterable[dict[str, np.ndarray]],
+    config: QuantizeConfig = QuantizeConfig(),
+) -> Path:
+    """Write the int8 static QDQ engine for `source`, calibrated on `calibration` feeds of one shape."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    typed = SymbolicShapeInference.infer_shapes(onnx.load(str(source)), auto_merge=True)
+    quantize_static(
+        typed,
+        str(target),
+        FeedsReader(calibration),
+        quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=list(config.static_op_types),
+        per_channel=config.per_channel,
+        reduce_range=config.reduce_range,
+        activation_type=QuantType.QUInt8 if config.static_unsigned_activations else QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+        nodes_to_exclude=list(config.exclude_nodes),
+        extra_options=dict(_FUSED_GRAPH_OPTIONS),
+    )
+    log.info("int8 static: %s (%.1f MB)", target.name, target.stat().st_size / 1e6)
+    return target
+
+
+def convert_fp16(source: Path, target: Path) -> Path:
+    """Write the fp16 engine for `source`; inputs and outputs keep their int64/float32 types."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    model = convert_float_to_float16(onnx.load(str(source)), keep_io_types=True)
+    onnx.save(model, str(target))
+    log.info("fp16: %s (%.1f MB)", target.name, target.stat().st_size / 1e6)
+    return target

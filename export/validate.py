@@ -1,0 +1,197 @@
+"""The validation gate: every engine is checked against the PyTorch model before it is bundled.
+
+Each engine scores the same held-out validation baskets as the PyTorch model
+(`edgerec.export.evaluate.score_baskets`, so pairs are built exactly as in
+training and serving). Per engine, two kinds of checks:
+- parity: the largest absolute difference of `purchase_probability` and the
+  largest relative difference of `expected_quantity` (quantities span orders
+  of magnitude, so they are compared relative to PyTorch's value);
+- quality: the relative drop of AUC and NDCG@10 versus the PyTorch model,
+  `(torch - engine) / torch`. Only a drop counts against an engine: a gain
+  is recorded but never fails it.
+
+Bounds depend on the precision family (fp32, fp16, int8) and are settings.
+An engine over any bound raises `GateFailed`, whose message names the
+artifact, the metric, the value and the bound; nothing is bundled then.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from edgerec.export.evaluate import ranking_report, score_baskets, torch_scorer
+from edgerec.export.model import OUTPUT_NAMES, CrossEncoderRecommender
+from edgerec.runtime.featurize import EncodedBatch, Featurizer
+from edgerec.settings import setting
+
+log = logging.getLogger(__name__)
+
+QUALITY_METRICS = ("auc", "ndcg@10")
+GATED_SLICE = "all"  # ranking_report's slice the gate compares: every candidate of every basket
+
+
+@dataclasses.dataclass(frozen=True)
+class GateConfig:
+    """Bounds every engine must meet against the PyTorch model on validation baskets."""
+
+    fp32_max_abs_diff: float = setting(1e-4, "fp32 engines: largest |probability difference| (and relative quantity difference)")
+    fp32_max_metric_drop: float = setting(1e-3, "fp32 engines: largest relative drop of AUC and of NDCG@10")
+    fp16_max_abs_diff: float = setting(1e-2, "fp16 engines: largest |probability difference| (and relative quantity difference)")
+    fp16_max_metric_drop: float = setting(5e-3, "fp16 engines: largest relative drop of AUC and of NDCG@10")
+    int8_max_abs_diff: float = setting(
+        0.25,
+        "int8 engines: largest |probability difference| (and relative quantity difference); a sanity bound "
+        "(int8 moves single logits by up to ~0.5): the metric drops below are int8's quality gate",
+    )
+    int8_max_metric_drop: float = setting(5e-3, "int8 engines: largest relative drop of AUC and of NDCG@10 (0.5%)")
+
+    def bounds(self, precision: str) -> tuple[float, float]:
+        """(max abs diff, max relative metric drop) for an engine of `precision`."""
+        family = precision.split("-")[0]
+        if family not in ("fp32", "fp16", "int8"):
+            raise ValueError(f"no gate bounds for precision {precision!r}")
+        return getattr(self, f"{family}_max_abs_diff"), getattr(self, f"{family}_max_metric_drop")
+
+
+@dataclasses.dataclass(frozen=True)
+class Check:
+    """One gate check: a measured value against its bound."""
+
+    metric: str
+    value: float
+    bound: float
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.value <= self.bound)
+
+
+@dataclasses.dataclass(frozen=True)
+class GateResult:
+    """The gate's verdict on one engine, with its own ranking metrics."""
+
+    artifact: str
+    precision: str
+    checks: tuple[Check, ...]
+    report: dict[str, float]
+
+    @property
+    def passed(self) -> bool:
+        return all(check.passed for check in self.checks)
+
+    def failures(self) -> list[str]:
+        return [
+            f"{self.artifact}: {c.metric} = {c.value:.6g} exceeds its bound {c.bound:.6g}" for c in self.checks if not c.passed
+        ]
+
+    def as_manifest(self) -> dict[str, Any]:
+        """The engine's `gate` entry in the bundle manifest."""
+        return {
+            "passed": self.passed,
+            "checks": [{"metric": c.metric, "value": c.value, "bound": c.bound, "passed": c.passed} for c in self.checks],
+            **{metric: self.report.get(metric) for metric in QUALITY_METRICS},
+        }
+
+
+class GateFailed(Exception):
+    """At least one engine is over a gate bound; the message lists each failing check."""
+
+    def __init__(self, results: Sequence[GateResult]) -> None:
+        self.results = list(results)
+        lines = [line for result in self.results for line in result.failures()]
+        super().__init__("validation gate failed:\n  " + "\n  ".join(lines))
+
+
+class OnnxScorer:
+    """Scores encoded batches with one ONNX engine on ONNX Runtime's CPU provider."""
+
+    def __init__(self, path: Path, threads: int = 0) -> None:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.log_severity_level = 3
+        self.path = Path(path)
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def __call__(self, batch: EncodedBatch) -> tuple[np.ndarray, np.ndarray]:
+        probabilities, quantities = self.session.run(list(OUTPUT_NAMES), batch.as_feeds())
+        return probabilities, quantities
+
+
+def _relative_drop(reference: float, value: float) -> float:
+    return float((reference - value) / abs(reference)) if reference else float(reference - value)
+
+
+def judge(
+    artifact: str,
+    precision: str,
+    outputs: tuple[np.ndarray, np.ndarray],
+    reference: tuple[np.ndarray, np.ndarray],
+    report: Mapping[str, float],
+    reference_report: Mapping[str, float],
+    config: GateConfig,
+) -> GateResult:
+    """Compare one engine's validation outputs and metrics (one slice of `ranking_report`) with PyTorch's."""
+    max_diff, max_drop = config.bounds(precision)
+    probabilities, quantities = outputs
+    ref_probabilities, ref_quantities = reference
+    checks = [
+        Check("max_abs_diff(purchase_probability)", float(np.max(np.abs(probabilities - ref_probabilities))), max_diff),
+        Check(
+            "max_rel_diff(expected_quantity)",
+            float(np.max(np.abs(quantities - ref_quantities) / np.maximum(np.abs(ref_quantities), 1e-6))),
+            max_diff,
+        ),
+    ]
+    checks += [
+        Check(f"relative_drop({metric})", _relative_drop(reference_report[metric], report[metric]), max_drop)
+        for metric in QUALITY_METRICS
+    ]
+    return GateResult(artifact, precision, tuple(checks), dict(report))
+
+
+def _numbers(report: Mapping[str, Any]) -> dict[str, float]:
+    """The numeric entries of one slice of a ranking report."""
+    return {k: float(v) for k, v in report.items() if isinstance(v, (int, float, np.floating, np.integer))}
+
+
+def run_gate(
+    engines: Mapping[str, Path],
+    model: CrossEncoderRecommender,
+    featurizer: Featurizer,
+    baskets: Sequence,
+    config: GateConfig = GateConfig(),
+    batch_size: int = 64,
+    threads: int = 0,
+    progress: bool = True,
+) -> tuple[dict[str, float], dict[str, GateResult]]:
+    """Score `baskets` with PyTorch and every engine; returns (PyTorch report, results by precision).
+
+    Does not raise: call `enforce` on the results (the pipeline prints its table first).
+    """
+    if not baskets:
+        raise ValueError("the validation gate needs at least one validation basket")
+    model.eval()
+    reference = score_baskets(baskets, featurizer, torch_scorer(model), batch_size, progress)
+    reference_report = _numbers(ranking_report(baskets, *reference)[GATED_SLICE])
+    results = {}
+    for precision, path in engines.items():
+        outputs = score_baskets(baskets, featurizer, OnnxScorer(path, threads), batch_size, progress)
+        report = _numbers(ranking_report(baskets, *outputs)[GATED_SLICE])
+        results[precision] = judge(Path(path).name, precision, outputs, reference, report, reference_report, config)
+        verdict = "passed" if results[precision].passed else "FAILED"
+        log.info("gate %s: %s %s", precision, verdict, results[precision].as_manifest()["checks"])
+    return reference_report, results
+
+
+def enforce(results: Mapping[str, GateResult]) -> None:
+    """Raise `GateFailed` if any engine failed its gate."""
+    failed = [result for result in results.values() if not result.passed]
+    if failed:
+        raise GateFailed(failed)

@@ -1,0 +1,239 @@
+"""The server's one typed configuration: every serving default lives here.
+
+Three frozen dataclasses, one per layer (transport, batcher, engine), each
+field documented with its default. A setting is read from, in rising order
+of precedence: the defaults below, a TOML or JSON file (`--config`, with
+sections `[server]`, `[batcher]`, `[backend]`), environment variables
+(`EDGEREC_<FIELD>`, e.g. `EDGEREC_GRPC_PORT=9001`; lists comma-separated),
+then command-line flags (`--grpc-port 9001`). Field names are unique across
+the three classes, so flags and variables need no prefix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from edgerec.settings import add_arguments, from_arguments, setting
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10: JSON config files only
+    tomllib = None
+
+ENV_PREFIX = "EDGEREC_"
+CONFIG_ENV = ENV_PREFIX + "CONFIG"
+PROVIDER_NAMES = {
+    "tensorrt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerConfig:
+    """Transport: what is served, where, and who may call."""
+
+    bundle: Path | None = setting(None, "bundle folder or .tar.gz to serve (required)")
+    host: str = setting("127.0.0.1", "address gRPC binds to; 0.0.0.0 exposes the server to the network")
+    grpc_port: int = setting(8001, "gRPC port; 0 picks a free port")
+    metrics_host: str = setting("127.0.0.1", "address the Prometheus /metrics endpoint binds to")
+    metrics_port: int = setting(8002, "Prometheus metrics port; 0 picks a free port, -1 turns metrics off")
+    tls_cert: Path | None = setting(None, "PEM server certificate (chain); with --tls-key turns TLS on")
+    tls_key: Path | None = setting(None, "PEM private key of --tls-cert")
+    tls_client_ca: Path | None = setting(None, "PEM CA bundle; if set, clients must present a certificate it signed (mTLS)")
+    auth_tokens: tuple[str, ...] = setting((), "bearer tokens accepted in `authorization: Bearer <token>`; none: auth off")
+    auth_token_file: Path | None = setting(None, "file of accepted bearer tokens, one per line (added to --auth-tokens)")
+    max_message_bytes: int = setting(4 * 1024 * 1024, "largest gRPC message received or sent, in bytes")
+    max_candidates: int = setting(1024, "most candidates in one Score/Rank request (and rows in one ModelInfer)")
+    max_context_items: int = setting(256, "most context items in one request")
+    drain_timeout_s: float = setting(30.0, "on SIGTERM, how long admitted requests may take to finish")
+    port_file: Path | None = setting(None, "once serving, write the bound ports here as JSON (for supervisors and tests)")
+    log_level: str = setting("INFO", "logging level of the server process")
+
+
+@dataclasses.dataclass(frozen=True)
+class BatcherConfig:
+    """Dynamic batching: how requests are merged into engine batches, and the admission bound."""
+
+    max_batch_size: int = setting(32, "most pairs in one engine batch; 1 turns batching off")
+    max_batch_tokens: int = setting(4096, "token budget of one batch: pairs x longest pair (padding included)")
+    max_queue_delay_ms: float = setting(2.0, "longest an idle engine waits for a batch to fill before running a partial one")
+    max_queue_pairs: int = setting(8192, "admission bound: pairs admitted and not yet scored; beyond it RESOURCE_EXHAUSTED")
+    max_queue_requests: int = setting(1024, "admission bound: requests admitted and not yet answered")
+    length_bucket_width: int = setting(16, "pairs are grouped by length in buckets this many tokens wide; 0: no grouping")
+
+
+@dataclasses.dataclass(frozen=True)
+class BackendConfig:
+    """The ONNX Runtime engine: providers, precision, threads and warm-up."""
+
+    providers: tuple[str, ...] = setting(
+        ("tensorrt", "cuda", "cpu"), "execution providers to try, in order (tensorrt, cuda, cpu)"
+    )
+    precision: str | None = setting(None, "engine precision to load; default: the bundle's default for the device")
+    intra_op_threads: int = setting(0, "threads inside one operator; 0: one per physical core")
+    inter_op_threads: int = setting(1, "threads running independent operators in parallel")
+    spin_wait: bool = setting(True, "let ONNX Runtime's threads spin between operators (faster, burns idle CPU)")
+    warm_up: bool = setting(True, "run a few batches of each size class before reporting SERVING")
+    trt_cache_dir: Path | None = setting(None, "TensorRT engine cache folder; default: <bundle>/.trt-cache")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Everything `edgerec serve` needs."""
+
+    server: ServerConfig = dataclasses.field(default_factory=ServerConfig)
+    batcher: BatcherConfig = dataclasses.field(default_factory=BatcherConfig)
+    backend: BackendConfig = dataclasses.field(default_factory=BackendConfig)
+
+    def validate(self) -> "Config":
+        """Refuse settings that cannot work, naming the setting."""
+        problems = []
+        if self.batcher.max_batch_size < 1:
+            problems.append("max_batch_size must be >= 1")
+        if self.batcher.max_queue_delay_ms < 0:
+            problems.append("max_queue_delay_ms must be >= 0")
+        if self.batcher.max_queue_pairs < self.server.max_candidates:
+            problems.append("max_queue_pairs must be >= max_candidates, or a full request could never be admitted")
+        if self.batcher.max_queue_requests < 1:
+            problems.append("max_queue_requests must be >= 1")
+        if self.batcher.length_bucket_width < 0:
+            problems.append("length_bucket_width must be >= 0")
+        if self.server.max_candidates < 1 or self.server.max_context_items < 0:
+            problems.append("max_candidates must be >= 1 and max_context_items >= 0")
+        if bool(self.server.tls_cert) != bool(self.server.tls_key):
+            problems.append("tls_cert and tls_key go together")
+        if self.server.tls_client_ca and not self.server.tls_cert:
+            problems.append("tls_client_ca (mTLS) needs tls_cert and tls_key")
+        unknown = [p for p in self.backend.providers if p not in PROVIDER_NAMES]
+        if unknown:
+            problems.append(f"unknown provider(s) {unknown}; choose from {sorted(PROVIDER_NAMES)}")
+        if problems:
+            raise ValueError("invalid configuration: " + "; ".join(problems))
+        return self
+
+    def accepted_tokens(self) -> frozenset[str]:
+        """Bearer tokens from the settings and the token file; empty means auth is off."""
+        tokens = set(self.server.auth_tokens)
+        if self.server.auth_token_file is not None:
+            lines = Path(self.server.auth_token_file).read_text().splitlines()
+            tokens.update(line.strip() for line in lines if line.strip() and not line.startswith("#"))
+        return frozenset(tokens)
+
+
+SECTIONS: dict[str, type] = {"server": ServerConfig, "batcher": BatcherConfig, "backend": BackendConfig}
+
+
+def _field_names() -> dict[str, str]:
+    """Field name -> section; field names must be unique across sections (flags have no prefix)."""
+    owner: dict[str, str] = {}
+    for section, cls in SECTIONS.items():
+        for field in dataclasses.fields(cls):
+            if field.name in owner:
+                raise RuntimeError(f"setting {field.name!r} is defined in both {owner[field.name]} and {section}")
+            owner[field.name] = section
+    return owner
+
+
+FIELD_SECTION = _field_names()
+
+
+def _convert(annotation: Any, value: Any, source: str) -> Any:
+    """Turn a file or environment value into the field's type."""
+    args = typing.get_args(annotation)
+    if type(None) in args:
+        if value is None or value == "":
+            return None
+        annotation = next(a for a in args if a is not type(None))
+    origin = typing.get_origin(annotation)
+    if origin in (tuple, list):
+        items = value.split(",") if isinstance(value, str) else list(value)
+        item_type = typing.get_args(annotation)[0]
+        return tuple(_convert(item_type, item.strip() if isinstance(item, str) else item, source) for item in items if item != "")
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        lowered = str(value).strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{source}: {value!r} is not a boolean (use true/false)")
+    try:
+        return annotation(value)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{source}: {value!r} is not a valid {annotation.__name__}") from exc
+
+
+def _replace(obj: Any, values: Mapping[str, Any], source: str) -> Any:
+    hints = typing.get_type_hints(type(obj))
+    converted = {name: _convert(hints[name], value, f"{source} {name}") for name, value in values.items()}
+    return dataclasses.replace(obj, **converted)
+
+
+def read_file(path: Path) -> dict[str, dict[str, Any]]:
+    """A config file's sections: TOML (`.toml`) or JSON, `{"server": {...}, "batcher": {...}, "backend": {...}}`."""
+    path = Path(path)
+    text = path.read_text()
+    if path.suffix == ".toml":
+        if tomllib is None:
+            raise ValueError(f"{path}: TOML needs Python 3.11+; use a JSON file")
+        data = tomllib.loads(text)
+    else:
+        data = json.loads(text)
+    unknown_sections = set(data) - set(SECTIONS)
+    if unknown_sections:
+        raise ValueError(f"{path}: unknown section(s) {sorted(unknown_sections)}; expected {sorted(SECTIONS)}")
+    for section, values in data.items():
+        names = {f.name for f in dataclasses.fields(SECTIONS[section])}
+        unknown = set(values) - names
+        if unknown:
+            raise ValueError(f"{path}: unknown setting(s) {sorted(unknown)} in [{section}]")
+    return data
+
+
+def load_config(args: argparse.Namespace | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Defaults, then the config file, then `EDGEREC_*` variables, then flags (flags win)."""
+    environ = os.environ if environ is None else environ
+    config = Config()
+    file_path = getattr(args, "config", None) or environ.get(CONFIG_ENV)
+    if file_path:
+        for section, values in read_file(Path(file_path)).items():
+            config = dataclasses.replace(
+                config, **{section: _replace(getattr(config, section), values, f"{file_path} [{section}]")}
+            )
+    for section in SECTIONS:
+        from_env = {
+            name: environ[ENV_PREFIX + name.upper()]
+            for name, owner in FIELD_SECTION.items()
+            if owner == section and ENV_PREFIX + name.upper() in environ
+        }
+        if from_env:
+            config = dataclasses.replace(config, **{section: _replace(getattr(config, section), from_env, "environment")})
+    if args is not None:
+        config = Config(
+            server=from_arguments(ServerConfig, args, base=config.server),
+            batcher=from_arguments(BatcherConfig, args, base=config.batcher),
+            backend=from_arguments(BackendConfig, args, base=config.backend),
+        )
+    return config.validate()
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--config` plus one flag per setting, each documented with its default."""
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help=f"TOML or JSON file with [server], [batcher], [backend] sections (or ${CONFIG_ENV}); "
+        f"environment variables {ENV_PREFIX}<SETTING> override it, flags override both",
+    )
+    for cls in SECTIONS.values():
+        add_arguments(parser, cls)

@@ -1,0 +1,93 @@
+"""Prometheus metrics of the server, in base units (seconds, pairs, ratios).
+
+Each server owns a private registry, so several servers (tests, benchmarks)
+can live in one process. Histograms use explicit buckets chosen for a CPU
+cross-encoder: milliseconds to seconds for times, powers of two for sizes.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+TIME_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+PADDING_BUCKETS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0)
+
+
+class Metrics:
+    """The server's counters, gauges and histograms on one registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "edgerec_requests", "RPCs answered, by method and final status code", ["method", "code"], registry=r
+        )
+        self.failures = Counter(
+            "edgerec_request_failures", "RPCs that ended with a status other than OK", ["method", "code"], registry=r
+        )
+        self.request_seconds = Histogram(
+            "edgerec_request_seconds", "RPC time inside the server", ["method"], buckets=TIME_BUCKETS, registry=r
+        )
+        self.queue_seconds = Histogram(
+            "edgerec_queue_seconds", "time from admission to a request's first batch", buckets=TIME_BUCKETS, registry=r
+        )
+        self.compute_seconds = Histogram(
+            "edgerec_compute_seconds", "engine time of one batch", buckets=TIME_BUCKETS, registry=r
+        )
+        self.batch_size = Histogram(
+            "edgerec_batch_size_pairs", "pairs in one engine batch", buckets=BATCH_SIZE_BUCKETS, registry=r
+        )
+        self.padding_ratio = Histogram(
+            "edgerec_batch_padding_ratio", "share of a batch's tokens that are padding", buckets=PADDING_BUCKETS, registry=r
+        )
+        self.pairs = Counter("edgerec_pairs_scored", "pairs run through the engine", registry=r)
+        self.queue_depth = Gauge("edgerec_queue_depth_pairs", "pairs waiting for a batch", registry=r)
+        self.queue_requests = Gauge("edgerec_queue_requests", "requests admitted and not yet answered", registry=r)
+        self.dropped_requests = Counter(
+            "edgerec_dropped_requests",
+            "requests that left the queue (deadline passed, caller cancelled) with pairs never computed",
+            ["reason"],
+            registry=r,
+        )
+        self.dropped_pairs = Counter(
+            "edgerec_dropped_pairs", "pairs dropped before they cost compute, by reason", ["reason"], registry=r
+        )
+        self.batch_failures = Counter("edgerec_batch_failures", "engine batches that raised", registry=r)
+        self.reloads = Counter("edgerec_bundle_reloads", "bundle hot reloads, by result", ["result"], registry=r)
+        self.model_info = Gauge(
+            "edgerec_model_info", "the bundle being served (value 1)", ["model_name", "version", "precision", "provider"], registry=r
+        )
+
+    # -- hooks used by the batcher ------------------------------------------
+    def observe_batch(self, pairs: int, real_tokens: int, padded_tokens: int, seconds: float) -> None:
+        self.batch_size.observe(pairs)
+        self.padding_ratio.observe(1.0 - real_tokens / padded_tokens if padded_tokens else 0.0)
+        self.compute_seconds.observe(seconds)
+        self.pairs.inc(pairs)
+
+    def set_queue(self, pairs: int, requests: int) -> None:
+        self.queue_depth.set(pairs)
+        self.queue_requests.set(requests)
+
+    # -- hooks used by the transport -----------------------------------------
+    def observe_request(self, method: str, code: str, seconds: float) -> None:
+        self.requests.labels(method, code).inc()
+        if code != "OK":
+            self.failures.labels(method, code).inc()
+        self.request_seconds.labels(method).observe(seconds)
+
+    def set_model(self, model_name: str, version: str, precision: str, provider: str) -> None:
+        self.model_info.clear()
+        self.model_info.labels(model_name, version, precision, provider).set(1)
+
+    def value(self, name: str, **labels: str) -> float:
+        """A sample's current value (0 if never set); for tests and health reports."""
+        found = self.registry.get_sample_value(name, labels)
+        return 0.0 if found is None else found
+
+
+def serve_metrics(metrics: Metrics, host: str, port: int):
+    """Serve /metrics over HTTP in a daemon thread; returns the HTTP server (`.server_port`, `.shutdown()`)."""
+    server, _thread = start_http_server(port, addr=host, registry=metrics.registry)
+    return server

@@ -1,0 +1,320 @@
+"""Assembles and runs the gRPC server (`edgerec serve`).
+
+One grpc.aio server carries the domain API (`edgerec.v1.Recommender`), the
+KServe v2 protocol (`inference.GRPCInferenceService`), the standard health
+service (SERVING once the engine is loaded and warm, NOT_SERVING while
+draining) and server reflection; Prometheus metrics are served over HTTP
+beside it. It binds 127.0.0.1 unless told otherwise and bounds message sizes.
+
+Operations:
+- SIGTERM/SIGINT: stop admitting, finish every admitted request (up to
+  `drain_timeout_s`), exit 0.
+- SIGHUP (or `Server.reload`): load, verify and warm up the bundle at
+  `--bundle` again (a `latest` symlink is followed anew) or at a given path,
+  then swap it in atomically; the old engine finishes what it admitted. A
+  bundle that fails to load is logged and counted, and the old one keeps
+  serving.
+
+`start_server(config)` runs a server in a background thread of the calling
+process (tests, benchmarks); `Server` runs on the caller's own event loop;
+`edgerec.runtime.process.ServerProcess` runs `edgerec serve` as a child process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from edgerec.runtime import kserve_service, recommender_service
+from edgerec.runtime.auth import BearerTokenInterceptor, server_credentials
+from edgerec.runtime.config import Config, add_config_arguments, load_config
+from edgerec.runtime.errors import EdgeRecError, ErrorCode
+from edgerec.runtime.metrics import Metrics, serve_metrics
+from edgerec.runtime.scoring import Engine
+from edgerec.runtime.status import add_servicer
+
+log = logging.getLogger(__name__)
+
+SERVED_SERVICES = (recommender_service.SERVICE.full_name, kserve_service.SERVICE.full_name)
+# After each batch the engine thread needs the GIL back from a busy event loop; at Python's
+# default switch interval (5 ms) the engine could sit idle that long between batches.
+GIL_SWITCH_INTERVAL_S = 0.001
+# On shutdown, how long answered calls may take to send their responses before open streams are cut.
+RESPONSE_FLUSH_S = 1.0
+
+
+class Server:
+    """The running server: gRPC services, the current engine, metrics and health."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config.validate()
+        self.metrics = Metrics()
+        self.port: int | None = None
+        self.metrics_port: int | None = None
+        self._engine: Engine | None = None
+        self._draining = False
+        self._grpc: grpc.aio.Server | None = None
+        self._health = health.aio.HealthServicer()
+        self._metrics_http = None
+        self._reload_lock: asyncio.Lock | None = None
+
+    # -- what the services see ------------------------------------------------
+    def engine(self) -> Engine:
+        if self._engine is None:
+            raise EdgeRecError(ErrorCode.UNAVAILABLE, "no model is loaded yet")
+        return self._engine
+
+    def ready(self) -> bool:
+        return self._engine is not None and not self._draining and self._engine.ready
+
+    # -- lifecycle ----------------------------------------------------------------
+    async def start(self) -> "Server":
+        settings = self.config.server
+        if settings.bundle is None:
+            raise ValueError("no bundle to serve: pass --bundle PATH (a bundle folder or .tar.gz)")
+        self._reload_lock = asyncio.Lock()
+        sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_INTERVAL_S))
+        self._engine = await self._load(settings.bundle)
+        try:
+            await self._serve(settings)
+        except BaseException:
+            await self.stop(grace=0)
+            raise
+        return self
+
+    async def _serve(self, settings) -> None:
+        tokens = self.config.accepted_tokens()
+        interceptors = [BearerTokenInterceptor(tokens, self.metrics)] if tokens else []
+        self._grpc = grpc.aio.server(
+            interceptors=interceptors,
+            options=[
+                ("grpc.max_receive_message_length", settings.max_message_bytes),
+                ("grpc.max_send_message_length", settings.max_message_bytes),
+                ("grpc.so_reuseport", 0),  # a second server on the same port fails instead of sharing it
+            ],
+        )
+        limit = settings.max_message_bytes
+        add_servicer(
+            self._grpc,
+            recommender_service.RecommenderService(self.engine, self.metrics, limit),
+            recommender_service.SERVICE,
+        )
+        add_servicer(
+            self._grpc,
+            kserve_service.KServeService(self.engine, self.ready, self.metrics, limit),
+            kserve_service.SERVICE,
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
+        health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+        reflection.enable_server_reflection((*SERVED_SERVICES, health_name, reflection.SERVICE_NAME), self._grpc)
+        self.port = self._bind(settings)
+        await self._grpc.start()
+        for service in ("", *SERVED_SERVICES):
+            await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        if settings.metrics_port >= 0:
+            self._metrics_http = serve_metrics(self.metrics, settings.metrics_host, settings.metrics_port)
+            self.metrics_port = self._metrics_http.server_port
+        if settings.port_file is not None:
+            _write_port_file(settings.port_file, {"grpc_port": self.port, "metrics_port": self.metrics_port, "pid": os.getpid()})
+        log.info(
+            "serving %s %s on %s:%d%s%s; metrics on %s",
+            self._engine.model_name,
+            self._engine.version,
+            settings.host,
+            self.port,
+            " (TLS" + (", client certificates required)" if settings.tls_client_ca else ")") if settings.tls_cert else "",
+            " with bearer-token auth" if tokens else "",
+            f"{settings.metrics_host}:{self.metrics_port}" if self.metrics_port is not None else "(off)",
+        )
+
+    def _bind(self, settings) -> int:
+        host = f"[{settings.host}]" if ":" in settings.host else settings.host
+        address = f"{host}:{settings.grpc_port}"
+        try:
+            if settings.tls_cert:
+                credentials = server_credentials(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
+                return self._grpc.add_secure_port(address, credentials)
+            return self._grpc.add_insecure_port(address)
+        except RuntimeError as exc:  # grpc raises RuntimeError when it cannot bind
+            raise OSError(f"cannot listen on {address}: {exc}") from exc
+
+    async def _load(self, path: Path) -> Engine:
+        engine = await asyncio.to_thread(Engine.load, Path(path), self.config, self.metrics)
+        await engine.start()
+        self.metrics.set_model(engine.model_name, engine.version, engine.backend.entry.precision, engine.backend.provider)
+        return engine
+
+    async def reload(self, path: Path | None = None) -> bool:
+        """Load a bundle (default: the configured path again) and swap it in; False leaves the old one serving."""
+        path = Path(path or self.config.server.bundle)
+        async with self._reload_lock:
+            if self._draining:
+                return False
+            try:
+                new = await self._load(path)
+            except Exception as exc:
+                self.metrics.reloads.labels("failed").inc()
+                old = self._engine
+                log.error(
+                    "reload of %s failed; still serving %s %s: %s",
+                    path, old.model_name, old.version, exc,
+                    exc_info=not isinstance(exc, EdgeRecError),  # an unexpected failure gets its traceback
+                )
+                return False
+            if self._draining:  # the server began to stop while the new bundle loaded
+                await new.retire(0)
+                return False
+            old, self._engine = self._engine, new
+            self.metrics.reloads.labels("ok").inc()
+            log.info("reloaded: now serving %s %s (was %s %s)", new.model_name, new.version, old.model_name, old.version)
+            await old.retire(self.config.server.drain_timeout_s)
+            return True
+
+    async def stop(self, grace: float | None = None) -> bool:
+        """Stop admitting, let admitted requests finish (up to `grace` s), stop. True if none was cut short."""
+        grace = self.config.server.drain_timeout_s if grace is None else grace
+        self._draining = True
+        await self._health.enter_graceful_shutdown()  # health watchers see NOT_SERVING
+        finished = True
+        stopping = asyncio.create_task(self._grpc.stop(grace)) if self._grpc is not None else None
+        if self._engine is not None:
+            log.info(
+                "draining: no new requests; finishing %d admitted request(s) (up to %.0f s)",
+                self._engine.batcher.admitted_requests,
+                grace,
+            )
+            finished = await self._engine.retire(grace)  # every admitted request is scored
+        if stopping is not None:
+            # Answered calls get a moment to send their responses; open streams (health Watch,
+            # reflection) would otherwise hold the whole grace period, so they are then cut.
+            done, _ = await asyncio.wait([stopping], timeout=RESPONSE_FLUSH_S)
+            if not done:
+                await self._grpc.stop(0)
+                await stopping
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()
+            self._metrics_http.server_close()
+        return finished
+
+
+def _write_port_file(path: Path, ports: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scratch = path.with_name(path.name + ".tmp")
+    scratch.write_text(json.dumps(ports) + "\n")
+    scratch.replace(path)  # readers never see a half-written file
+
+
+class ServerHandle:
+    """A `Server` running on its own event loop in a background thread of this process."""
+
+    def __init__(self, config: Config, timeout: float = 120.0) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="edgerec-server", daemon=True)
+        self._thread.start()
+        self.server = Server(config)
+        try:
+            self._call(self.server.start(), timeout)
+        except BaseException:
+            self._close_loop()
+            raise
+
+    def _call(self, coroutine, timeout: float | None = None):
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    @property
+    def metrics_port(self) -> int | None:
+        return self.server.metrics_port
+
+    @property
+    def target(self) -> str:
+        """`host:port` for `grpc.insecure_channel` / `grpc.secure_channel`."""
+        return f"{self.server.config.server.host}:{self.port}"
+
+    @property
+    def metrics(self) -> Metrics:
+        return self.server.metrics
+
+    def reload(self, path: Path | None = None, timeout: float | None = 120.0) -> bool:
+        return self._call(self.server.reload(path), timeout)
+
+    def stop(self, grace: float | None = None) -> bool:
+        if not self._thread.is_alive():
+            return True
+        try:
+            return self._call(self.server.stop(grace))
+        finally:
+            self._close_loop()
+
+    def _close_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+    def __enter__(self) -> "ServerHandle":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+
+def start_server(config: Config, timeout: float = 120.0) -> ServerHandle:
+    """Start a server in a background thread; returns once it is serving (`handle.port`, `handle.stop()`)."""
+    return ServerHandle(config, timeout)
+
+
+async def serve_until_signalled(config: Config) -> int:
+    """Serve until SIGTERM/SIGINT, reloading on SIGHUP; 0 if every admitted request finished."""
+    server = await Server(config).start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    reloads: set[asyncio.Task] = set()
+
+    def reload() -> None:
+        task = loop.create_task(server.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload)
+    await stop.wait()
+    finished = await server.stop()
+    log.info("stopped%s", "" if finished else "; some admitted requests did not finish in time")
+    return 0 if finished else 1
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args)
+    except ValueError as exc:
+        print(f"edgerec serve: {exc}")
+        return 2
+    if config.server.bundle is None:
+        print("edgerec serve: --bundle PATH is required (a bundle folder or .tar.gz)")
+        return 2
+    logging.basicConfig(level=config.server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return asyncio.run(serve_until_signalled(config))
+    except (EdgeRecError, OSError) as exc:  # a bundle that does not load, a port that is taken, a missing file
+        log.error("cannot serve: %s", exc)
+        return 1

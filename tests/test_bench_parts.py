@@ -1,0 +1,217 @@
+"""The benchmark's pieces on known inputs: FLOP counts, peak estimates, goals, metric deltas, workloads, quality."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgerec.benchmarks import goals
+from edgerec.benchmarks.engines import load_engine, plan_engines
+from edgerec.benchmarks.limits import ModelShape, estimate_peak
+from edgerec.benchmarks.offline import latency_summary
+from edgerec.benchmarks.quality import measure_quality
+from edgerec.benchmarks.server_bench import server_side
+from edgerec.benchmarks.workload import bundle_featurizer, exact_length_feeds, request_pool
+from edgerec.export.samples import Basket, PreparedData
+from edgerec.runtime.bundle import Bundle, open_bundle
+
+# -- physical limit ---------------------------------------------------------------------------
+
+
+def test_flops_follow_the_documented_formula() -> None:
+    # one layer, hidden 2, intermediate 4, 3 tokens: 4*3*2*2 + 2*3*2*4 + 2*3*3*2 = 132 MACs
+    assert ModelShape(layers=1, hidden=2, intermediate=4).flops_per_pair(3) == 264.0
+
+
+def test_minilm_costs_about_three_gflop_per_pair_at_128_tokens() -> None:
+    minilm = ModelShape(layers=6, hidden=384, intermediate=1536)
+    assert 2.8e9 < minilm.flops_per_pair(128) < 2.95e9
+    assert minilm.flops_per_pair(64) < minilm.flops_per_pair(128) / 1.9  # attention makes it superlinear
+
+
+def test_peak_depends_on_the_vector_units() -> None:
+    avx512 = estimate_peak(cores=2, ghz=3.0, flags={"avx512f", "avx512_vnni", "avx2", "fma"})
+    assert avx512.fp32_gflops == pytest.approx(2 * 3.0 * 64)
+    assert avx512.int8_gops == pytest.approx(4 * avx512.fp32_gflops)
+    avx2 = estimate_peak(cores=2, ghz=3.0, flags={"avx2", "fma"})
+    assert avx2.fp32_gflops == pytest.approx(2 * 3.0 * 32)
+    assert avx2.peak_gops("int8-dynamic") == pytest.approx(2 * avx2.fp32_gflops)
+    assert avx2.peak_gops("fp32-optimized") == avx2.fp32_gflops
+    assert "AVX2" in avx2.as_json()["basis"]
+
+
+# -- statistics -------------------------------------------------------------------------------
+
+
+def test_latency_summary_is_in_milliseconds_and_ordered() -> None:
+    summary = latency_summary([0.001] * 98 + [0.010, 0.020])
+    assert summary["p50_ms"] == pytest.approx(1.0)
+    assert summary["p50_ms"] <= summary["p95_ms"] <= summary["p99_ms"] <= 20.0
+
+
+# -- goals ------------------------------------------------------------------------------------
+
+
+def _row(engine: str, batch: int, sequence: int, pairs_per_s: float, speedup: float | None = None) -> dict:
+    row = {"engine": engine, "batch_size": batch, "sequence_length": sequence, "pairs_per_s": pairs_per_s}
+    if speedup is not None:
+        row["speedup_vs_reference"] = speedup
+    return row
+
+
+def _quality(change: float | None) -> dict:
+    return {"ort-int8-dynamic": {"auc": 0.8, "reference_auc": 0.8, "auc_relative_change": change}}
+
+
+def test_int8_goal_needs_both_speed_and_auc() -> None:
+    rows = [_row("pytorch-fp32", 32, 128, 100.0, 1.0), _row("ort-int8-dynamic", 32, 128, 300.0, 2.9)]
+    met = goals.int8_goal(rows, _quality(-0.004), "ort-int8-dynamic", 32, 128)
+    assert met["met"] is True and met["measured"]["speedup"] == 2.9
+    assert goals.int8_goal(rows, _quality(-0.006), "ort-int8-dynamic", 32, 128)["met"] is False
+    slow = [_row("pytorch-fp32", 32, 128, 100.0, 1.0), _row("ort-int8-dynamic", 32, 128, 200.0, 2.0)]
+    assert goals.int8_goal(slow, _quality(0.0), "ort-int8-dynamic", 32, 128)["met"] is False
+    assert goals.int8_goal(rows, _quality(None), "ort-int8-dynamic", 32, 128)["met"] is None
+    assert goals.int8_goal(slow, _quality(None), "ort-int8-dynamic", 32, 128)["met"] is False
+
+
+def test_int8_goal_falls_back_to_the_nearest_cell_and_says_so() -> None:
+    rows = [_row("pytorch-fp32", 8, 32, 100.0, 1.0), _row("ort-int8-dynamic", 8, 32, 400.0, 4.0)]
+    goal = goals.int8_goal(rows, _quality(0.0), "ort-int8-dynamic", 32, 128)
+    assert goal["measured"]["batch_size"] == 8 and goal["measured"]["sequence_length"] == 32
+    assert "no batch 32 x seq 128" in goal["summary"]
+    assert goals.int8_goal([], {}, "ort-int8-dynamic", 32, 128)["met"] is None
+
+
+def test_offline_pairs_per_s_interpolates_time_per_pair_between_lengths() -> None:
+    rows = [
+        _row("ort-int8-dynamic", 8, 32, 1000.0),
+        _row("ort-int8-dynamic", 8, 64, 500.0),
+        _row("ort-int8-dynamic", 32, 64, 800.0),
+        _row("ort-fp32", 8, 32, 1.0),
+    ]
+    value, basis = goals.offline_pairs_per_s(rows, "ort-int8-dynamic", 10.0, 48)
+    assert basis["batch_size"] == 8
+    assert value == pytest.approx(1.0 / 0.0015)  # halfway between 1 ms and 2 ms per pair
+    clamped, basis = goals.offline_pairs_per_s(rows, "ort-int8-dynamic", 10.0, 200)
+    assert clamped == pytest.approx(500.0) and basis["sequence_length"] == 64
+    assert goals.offline_pairs_per_s(rows, "ort-int8-static", 8, 32) is None
+
+
+def _level(concurrency: int, pairs_per_s: float, batch: float) -> dict:
+    return {"level": concurrency, "pairs_per_s": pairs_per_s, "server": {"mean_batch_size": batch}}
+
+
+def test_server_goals_compare_with_offline_and_with_batching_off() -> None:
+    server = {
+        "batching": {"closed_loop": [_level(1, 200.0, 10.0), _level(64, 900.0, 31.0)]},
+        "no_batching": {"closed_loop": [_level(1, 150.0, 1.0), _level(64, 250.0, 1.0)]},
+    }
+    rows = [_row("ort-int8-dynamic", 1, 128, 300.0), _row("ort-int8-dynamic", 32, 128, 1000.0)]
+    cost = goals.serving_cost(server, rows, "ort-int8-dynamic", 128.0)
+    assert {(c["mode"], c["concurrency"]) for c in cost} == {(m, c) for m in ("batching", "no_batching") for c in (1, 64)}
+    vs_offline, vs_off = goals.server_goals(server, cost, 64)
+    assert vs_offline["measured"]["ratio"] == pytest.approx(0.9) and vs_offline["met"] is True
+    assert vs_off["measured"]["gain"] == pytest.approx(3.6) and vs_off["met"] is True
+    assert all(g["met"] is None for g in goals.server_goals({}, [], 64))
+
+
+# -- server metrics ---------------------------------------------------------------------------
+
+
+def test_server_side_figures_are_differences_over_the_level() -> None:
+    def score_code(code: str) -> tuple:
+        return (("code", code), ("method", "Score"))
+
+    ok, exhausted, cancelled = score_code("OK"), score_code("RESOURCE_EXHAUSTED"), score_code("CANCELLED")
+    before = {
+        ("edgerec_batch_size_pairs_count", ()): 10.0,
+        ("edgerec_batch_size_pairs_sum", ()): 100.0,
+        ("edgerec_batch_padding_ratio_sum", ()): 1.0,
+        ("edgerec_pairs_scored_total", ()): 100.0,
+        ("edgerec_requests_total", ok): 5.0,
+    }
+    after = {
+        ("edgerec_batch_size_pairs_count", ()): 30.0,
+        ("edgerec_batch_size_pairs_sum", ()): 500.0,
+        ("edgerec_batch_padding_ratio_sum", ()): 3.0,
+        ("edgerec_pairs_scored_total", ()): 500.0,
+        ("edgerec_requests_total", ok): 25.0,
+        ("edgerec_requests_total", exhausted): 3.0,
+        ("edgerec_requests_total", cancelled): 2.0,
+        ("edgerec_dropped_requests_total", (("reason", "cancelled"),)): 2.0,
+    }
+    side = server_side(before, after, cpu_seconds=3.0, wall_s=2.0)
+    assert side["mean_batch_size"] == pytest.approx(20.0)
+    assert side["mean_padding_ratio"] == pytest.approx(0.1)
+    assert side["pairs_scored"] == 400
+    assert side["rejected_by_code"] == {"RESOURCE_EXHAUSTED": 3}  # CANCELLED: our own client gave up
+    assert side["responses_by_code"]["OK"] == 20
+    assert side["dropped_by_reason"] == {"cancelled": 2}
+    assert side["cpu_cores_used"] == pytest.approx(1.5)
+
+
+# -- workloads ----------------------------------------------------------------------------------
+
+
+def test_grid_inputs_are_exactly_the_requested_length(tiny_bundle: Path) -> None:
+    featurizer = bundle_featurizer(open_bundle(tiny_bundle))
+    for batch, sequence in ((1, 32), (4, 128)):  # 128 is past the tiny featurizer's 64-token pairs
+        feeds = exact_length_feeds(featurizer, batch, sequence, seed=1)
+        assert feeds["input_ids"].shape == (batch, sequence)
+        assert feeds["attention_mask"].all()
+        assert (feeds["input_ids"][:, 0] == featurizer.cls_id).all()
+        assert (feeds["input_ids"][:, -1] == featurizer.sep_id).all()
+        assert feeds["token_type_ids"][:, -1].all() and not feeds["token_type_ids"][:, 0].any()
+    same = exact_length_feeds(featurizer, 4, 32, seed=1)["input_ids"]
+    assert np.array_equal(same, exact_length_feeds(featurizer, 4, 32, seed=1)["input_ids"])
+
+
+def test_request_pool_replays_test_baskets_within_candidate_bounds(tiny_bundle: Path) -> None:
+    featurizer = bundle_featurizer(open_bundle(tiny_bundle))
+    items = sorted(featurizer.catalog)
+    basket = Basket("c1", "i1", "2011-11-02 10:00:00", ((items[0], 3), (items[1], 1)), tuple(items[2:9]), (1,) + (0,) * 6,
+                    (2.0,) + (0.0,) * 6, (False,) * 7, (False,) * 7)  # fmt: skip
+    pool, source = request_pool([basket], featurizer, size=20, min_candidates=3, max_candidates=12, max_history=1)
+    assert len(pool) == 20 and "1 test baskets" in source
+    for request in pool:
+        assert 3 <= len(request.candidates) <= 12
+        assert request.history == basket.history[:1]  # the most recent item only
+        assert request.candidates[: min(7, len(request.candidates))] == basket.candidates[: len(request.candidates)]
+        assert request.mean_pair_tokens > 3
+    fallback, source = request_pool([], featurizer, size=5, min_candidates=10, max_candidates=10, seed=0)
+    assert "catalog" in source
+    assert all(len(r.candidates) == 10 and set(r.candidates) <= set(items) for r in fallback)
+
+
+# -- quality ------------------------------------------------------------------------------------
+
+
+def test_quality_takes_gate_figures_where_the_export_recorded_them(
+    tiny_bundle: Path, tiny_checkpoint: Path, tiny_data: PreparedData
+) -> None:
+    bundle = open_bundle(tiny_bundle)
+    manifest = copy.deepcopy(bundle.manifest)
+    manifest["metrics"] = {"validation": {"pytorch": {"auc": 0.70, "ndcg@10": 0.50}, "baskets": 200}}
+    for entry in manifest["engines"]:
+        if entry["precision"] == "int8-dynamic":
+            entry["gate"] = {"passed": True, "auc": 0.69, "ndcg@10": 0.51}
+        if entry["precision"] == "fp32":
+            entry["gate"] = {"passed": True}  # no figures: the benchmark must score it itself
+    gated = Bundle(root=bundle.root, manifest=manifest)
+    specs = plan_engines(["pytorch-fp32", "ort-int8-dynamic", "ort-fp32"], gated, tiny_checkpoint, tiny_bundle / "none")
+    engines = [load_engine(spec, threads=1) for spec in specs]
+    featurizer = bundle_featurizer(gated)
+    validation = tiny_data.splits["valid"]
+    quality = measure_quality(engines, gated, validation, featurizer, sample_size=4, batch_size=16)
+    assert quality["ort-int8-dynamic"]["source"] == "export validation gate"
+    assert quality["ort-int8-dynamic"]["auc_relative_change"] == pytest.approx((0.69 - 0.70) / 0.70)
+    assert quality["pytorch-fp32"]["auc"] == 0.70 and quality["pytorch-fp32"]["baskets"] == 200
+    # ort-fp32 has no gate figures: it is scored here, next to the reference scored on the same 4 baskets.
+    fp32 = quality["ort-fp32"]
+    assert fp32["source"].startswith("scored here") and fp32["baskets"] == 4
+    assert fp32["auc"] == pytest.approx(fp32["reference_auc"], abs=1e-3)
+    for engine in engines:
+        engine.close()

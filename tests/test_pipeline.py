@@ -1,0 +1,81 @@
+"""`edgerec export` end to end on the synthetic shop with a tiny random BERT."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from edgerec.cli import main
+from edgerec.export.evaluate import EvalConfig
+from edgerec.export.pipeline import ExportConfig, export
+from edgerec.export.train import TrainConfig
+from edgerec.runtime.bundle import open_bundle
+
+MANIFEST_KEYS = {
+    "model_name", "version", "default_engine", "engines", "inputs", "outputs", "opset", "exporter",
+    "featurizer", "tokenizer", "catalog", "metrics", "data_fingerprint", "files",
+    "fusions", "int8_choice", "gate", "precision", "tensorrt",
+}  # fmt: skip
+QUICK = ExportConfig(validation_baskets=6, timing_batches=1, timing_rounds=1, batch_size=32)
+
+
+def test_export_trains_evaluates_exports_gates_and_bundles(tiny_data, tiny_gate, tmp_path: Path, capsys) -> None:
+    artifacts = tmp_path / "artifacts"
+    tiny_training = TrainConfig(data=tiny_data.config, tiny=True, steps=3, batch_size=8, valid_baskets=0)
+    root = export(
+        ExportConfig(**{**QUICK.__dict__, "artifacts": artifacts}),
+        tiny_training,
+        EvalConfig(baskets=8, cold_baskets=8, baselines=False),
+        gate=tiny_gate,
+    )
+
+    assert (artifacts / "checkpoint" / "model.safetensors").exists()
+    assert (artifacts / "checkpoint" / "eval_report.json").exists()
+    assert (artifacts / "bundles" / "latest").resolve() == root.resolve()
+    bundle = open_bundle(artifacts / "bundles" / f"{root.name}.tar.gz", tmp_path / "unpacked")
+    manifest = bundle.manifest
+    assert MANIFEST_KEYS <= set(manifest)
+    assert {e.precision for e in bundle.engines} == {"fp32", "fp32-optimized", "int8-dynamic", "int8-static", "fp16"}
+    assert all(e.gate["passed"] for e in bundle.engines)
+    choice = manifest["int8_choice"]
+    assert manifest["default_engine"] == {"cpu": choice["chosen"], "gpu": "fp16"}
+    assert set(choice["candidates"]) == {"int8-dynamic", "int8-static"}
+    assert manifest["data_fingerprint"] == tiny_data.fingerprint
+    assert manifest["metrics"]["evaluation"]["results"] and manifest["metrics"]["validation"]["pytorch"]["auc"] >= 0
+    assert manifest["tensorrt"]["verified"] is False
+
+    triton = artifacts / "triton" / "edgerec"
+    assert (triton / "config.pbtxt").exists()
+    assert (triton / "1" / "model.onnx").read_bytes() == bundle.path(bundle.engine(device="cpu").file).read_bytes()
+
+    table = capsys.readouterr().out
+    assert "artifact" in table and "NDCG@10" in table and "pytorch (reference)" in table
+    for entry in bundle.engines:
+        assert entry.file in table
+
+
+def test_export_command_fails_when_an_engine_fails_its_gate(tiny_checkpoint: Path, tmp_path: Path, capsys) -> None:
+    artifacts = tmp_path / "artifacts"
+    shutil.copytree(tiny_checkpoint, artifacts / "checkpoint")
+    (artifacts / "checkpoint" / "eval_report.json").write_text(json.dumps({"results": {}}))
+    status = main(
+        ["export", "--artifacts", str(artifacts), "--validation-baskets", "4", "--precisions", "fp32", "int8-dynamic"]
+        + ["--timing-batches", "1", "--timing-rounds", "1", "--gate-int8-max-abs-diff", "0", "--gate-int8-max-metric-drop", "1"]
+    )
+    assert status == 1
+    error = capsys.readouterr().err
+    assert "validation gate failed" in error
+    assert "model.int8-dynamic.onnx: max_abs_diff(purchase_probability) = " in error
+    assert "exceeds its bound 0" in error
+    assert "fp32.onnx" not in error  # the engine within its bounds is not blamed
+    assert not (artifacts / "bundles").exists()
+
+
+@pytest.mark.parametrize("flag", ["--precisions", "--cpu-default"])
+def test_export_help_documents_the_settings(flag: str, capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["export", "--help"])
+    assert flag in capsys.readouterr().out

@@ -1,0 +1,63 @@
+"""`edgerec reliability` end to end (quick, a few scenarios) and the report it writes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from edgerec.benchmarks.reliability import render_report
+from edgerec.cli import main
+
+FIGURES = ("sent", "answered", "refused", "lost", "peak_rss_mb")
+
+
+def test_reliability_command_writes_figures_per_scenario_and_a_report(tiny_bundle: Path, tmp_path: Path) -> None:
+    out = tmp_path / "reliability"
+    code = main([
+        "reliability", "--quick", "--bundle", str(tiny_bundle), "--output-dir", str(out),
+        "--scenarios", "soak", "corrupt-bundle", "sigterm", "--soak-s", "2", "--capacity-s", "1",
+    ])  # fmt: skip
+    results = json.loads((out / "results.json").read_text())
+    assert code == 0, json.dumps(results["scenarios"], indent=1)[:4000]
+    assert [s["name"] for s in results["scenarios"]] == ["soak", "corrupt-bundle", "sigterm"]
+    for scenario in results["scenarios"]:
+        assert scenario["passed"] and all(check["passed"] for check in scenario["checks"])
+        assert set(FIGURES) <= set(scenario["figures"]) or scenario["name"] == "corrupt-bundle"
+        assert scenario["figures"]["lost"] == 0
+    assert results["capacity"]["requests_per_s"] > 0 and results["model"]["name"] == "tiny"
+    report = (out / "REPORT.md").read_text()
+    assert "| scenario | what it shows | sent | answered | refused (by code) | lost |" in report
+    assert "Lost requests, all scenarios: **0**" in report and report.count("**passed**") == 3
+
+
+def test_the_report_shows_a_failed_scenario_its_lost_requests_and_why() -> None:
+    failed = {
+        "name": "overload",
+        "shows": "3x capacity for 30 s",
+        "passed": False,
+        "seconds": 31.0,
+        "figures": {"sent": 10, "answered": 5, "refused": {"RESOURCE_EXHAUSTED": 3}, "lost": 2, "p99_ms": 12.0,
+                    "peak_rss_mb": 300.0, "lost_by_code": {"INTERNAL": 2}, "offered_requests_per_s": 3.0,
+                    "achieved_requests_per_s": 3.0, "seconds": 30, "p50_ms": 5.0, "refused_fraction": 0.3,
+                    "refusal_p50_ms": 1.0, "refusal_p99_ms": 2.0, "queue_bound_pairs": 8192, "queue_drain_ms": 900.0,
+                    "p99_bound_ms": 3000.0, "queue_fills_after_s": 0.45},
+        "checks": [{"name": "no INTERNAL", "passed": False, "detail": "codes other than OK/RESOURCE_EXHAUSTED: {'INTERNAL': 2}"}],
+    }  # fmt: skip
+    results = {
+        "model": {"name": "m", "version": "1"},
+        "date": "today",
+        "machine": {"cpus": 2, "platform": "linux"},
+        "seconds": 31.0,
+        "bundle": "b",
+        "settings": {"min_candidates": 10, "max_candidates": 100},
+        "scenarios": [failed],
+    }
+    report = render_report(results)
+    assert "| overload | 3x capacity for 30 s | 10 | 5 | RESOURCE_EXHAUSTED 3 | 2 | 12 | 300 | **FAILED** |" in report
+    assert "Lost requests, all scenarios: **2**" in report
+    assert "❌ **no INTERNAL**: codes other than OK/RESOURCE_EXHAUSTED: {'INTERNAL': 2}" in report
+
+
+def test_an_unknown_scenario_is_refused(tiny_bundle: Path, tmp_path: Path, capsys) -> None:
+    assert main(["reliability", "--bundle", str(tiny_bundle), "--output-dir", str(tmp_path), "--scenarios", "nap"]) == 2
+    assert "unknown scenario" in capsys.readouterr().out
