@@ -114,8 +114,7 @@ def request_pool(
             candidates = []
         while len(candidates) < wanted:
             candidates.append(catalog[int(rng.integers(len(catalog)))])
-        context = featurizer.context_tokens(ContextEntry(featurizer.catalog[item], count) for item, count in history)
-        lengths = [featurizer.pair_length(context, featurizer.catalog[c]) for c in candidates]
+        lengths = [featurizer.pair_length(*pair) for pair in featurizer.catalog_pairs(history, candidates)]
         pool.append(RequestSpec(history, tuple(candidates), float(np.mean(lengths))))
     source = f"{len(known)} test baskets" if known else "random catalog histories (no test baskets found)"
     return pool, source

@@ -21,8 +21,9 @@ from edgerec.export.model import CrossEncoderRecommender
 from edgerec.export.onnx_export import OPSET, ExportRecord, export_onnx
 from edgerec.export.optimize import OptimizeRecord, optimize_onnx
 from edgerec.export.quantize import QuantizeConfig, convert_fp16, pad_batch, quantize_int8_dynamic, quantize_int8_static
+from edgerec.export.evaluate import basket_pairs
 from edgerec.export.samples import Basket
-from edgerec.runtime.featurize import ContextEntry, EncodedBatch, Featurizer
+from edgerec.runtime.featurize import EncodedBatch, Featurizer
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +39,6 @@ class EngineSet:
     optimize: OptimizeRecord
 
 
-def basket_pairs(basket: Basket, featurizer: Featurizer) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
-    """(context, candidate) token pairs of one basket, built as in training and serving."""
-    history = [ContextEntry(featurizer.item_tokens(item, field="history"), count) for item, count in basket.history]
-    context = featurizer.context_tokens(history)
-    return [(context, featurizer.item_tokens(item, field="candidate")) for item in basket.candidates]
-
-
 def sample(baskets: Sequence[Basket], count: int, seed: int) -> list[Basket]:
     """A seeded sample of `count` baskets (all of them if there are fewer), in their original order."""
     if count >= len(baskets):
@@ -55,7 +49,7 @@ def sample(baskets: Sequence[Basket], count: int, seed: int) -> list[Basket]:
 
 def encode_batches(baskets: Sequence[Basket], featurizer: Featurizer, batch_size: int) -> list[EncodedBatch]:
     """The baskets' pairs, packed `batch_size` at a time."""
-    pairs = [pair for basket in baskets for pair in basket_pairs(basket, featurizer)]
+    pairs = basket_pairs(baskets, featurizer)
     return [featurizer.pack(pairs[i : i + batch_size]) for i in range(0, len(pairs), batch_size)]
 
 

@@ -32,7 +32,7 @@ from tqdm import tqdm
 from edgerec.export import metrics
 from edgerec.export.data import DataConfig
 from edgerec.export.samples import SPLITS, Basket, prepare
-from edgerec.runtime.featurize import ContextEntry, EncodedBatch, Featurizer, TokenIds
+from edgerec.runtime.featurize import EncodedBatch, Featurizer, TokenIds
 from edgerec.settings import add_arguments, dump_json, from_arguments, from_jsonable, setting, to_jsonable
 
 Scorer = Callable[[EncodedBatch], tuple[np.ndarray, np.ndarray]]
@@ -70,17 +70,11 @@ class EvalConfig:
 # -- scoring --------------------------------------------------------------------------------------
 
 
-def context_of(basket: Basket, featurizer: Featurizer) -> TokenIds:
-    """The basket's history as context tokens (the featurizer stops at its budget)."""
-    return featurizer.context_tokens(ContextEntry(featurizer.catalog[item], count) for item, count in basket.history)
-
-
 def basket_pairs(baskets: Sequence[Basket], featurizer: Featurizer) -> list[tuple[TokenIds, TokenIds]]:
     """(context, candidate) token pairs in basket/candidate order."""
     pairs = []
     for basket in baskets:
-        context = context_of(basket, featurizer)
-        pairs.extend((context, featurizer.catalog[item]) for item in basket.candidates)
+        pairs.extend(featurizer.catalog_pairs(basket.history, basket.candidates))
     return pairs
 
 

@@ -57,7 +57,7 @@ class _Request:
 
     __slots__ = (
         "payload", "size", "seq", "arrival", "future", "outputs", "unfinished", "queued", "queued_tokens",
-        "started", "finished", "drop_reason", "timer",
+        "started", "finished", "drop_reason", "timer", "deadline",
     )
 
     def __init__(self, payload: Any, lengths: np.ndarray, seq: int, arrival: float, future: asyncio.Future) -> None:
@@ -74,6 +74,7 @@ class _Request:
         self.finished = False  # answered, failed, expired or cancelled
         self.drop_reason: str | None = None  # why it left before it was scored ("deadline", "cancelled")
         self.timer: asyncio.TimerHandle | None = None
+        self.deadline: float | None = None  # perf_counter() time after which nobody waits
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,7 +194,12 @@ class Batcher:
         try:
             return await request.future
         except asyncio.CancelledError:
-            self._finish(request, EdgeRecError(ErrorCode.CANCELLED, "the caller cancelled"), reason="cancelled")
+            # gRPC cancels the handler when the client's deadline passes, racing our own timer:
+            # a cancellation after the deadline is an expiry, and is counted as one.
+            if request.deadline is not None and time.perf_counter() >= request.deadline:
+                self._expire(request)
+            else:
+                self._finish(request, EdgeRecError(ErrorCode.CANCELLED, "the caller cancelled"), reason="cancelled")
             raise
 
     def _admit(self, payload: Any, lengths: np.ndarray, timeout: float | None) -> _Request:
@@ -220,6 +226,7 @@ class Batcher:
             )
         request = _Request(payload, lengths, next(self._seq), time.perf_counter(), self._loop.create_future())
         if timeout is not None:
+            request.deadline = request.arrival + timeout
             request.timer = self._loop.call_later(timeout, self._expire, request)
         self._enqueue(request, lengths)
         self._live.add(request)
@@ -397,7 +404,8 @@ class Batcher:
                     return
                 batch, prepared = item
                 if all(segment.request.finished for segment in batch.segments):
-                    self._loop.call_soon_threadsafe(self._complete, batch, None, 0.0, None)  # nobody waits for it
+                    if not self._post(self._complete, batch, None, 0.0, None):  # nobody waits for it
+                        return
                     continue
                 started = time.perf_counter()
                 outputs, error = None, None
@@ -405,12 +413,18 @@ class Batcher:
                     outputs = self._execute(prepared)
                 except Exception as exc:
                     error = exc
-                self._loop.call_soon_threadsafe(self._complete, batch, outputs, time.perf_counter() - started, error)
+                if not self._post(self._complete, batch, outputs, time.perf_counter() - started, error):
+                    return
         finally:
-            try:
-                self._loop.call_soon_threadsafe(self._engine_stopped.set_result, None)
-            except RuntimeError:  # the event loop is already closed
-                pass
+            self._post(self._engine_stopped.set_result, None)
+
+    def _post(self, callback: Callable[..., Any], *args: Any) -> bool:
+        """Hand a callback to the event loop; False once that loop is closed (its owner has gone)."""
+        try:
+            self._loop.call_soon_threadsafe(callback, *args)
+        except RuntimeError:
+            return False
+        return True
 
     def _complete(self, batch: Batch, outputs: Outputs | None, seconds: float, error: Exception | None) -> None:
         """Back on the event loop: hand a batch's outputs (or its failure) to its requests."""

@@ -2,10 +2,14 @@
 
 The model reads `[CLS] context [SEP] candidate [SEP]`. The context lists the
 customer's distinct past items, most recently bought first, each written as
-`"<n>x <item text> ;"` where n is how many earlier baskets held the item:
-repeat buying dominates this kind of shop, so the count is the strongest
-signal and costs two tokens. Items are added until the context budget
-(`max_length - 3 - max_item_tokens`) is full, so the candidate always fits.
+`"<n>x <item text> ;"` where n is how many earlier baskets held the item.
+The candidate is written the same way, `"<n>x <item text>"`, with n = 0 for an
+item the customer never bought: repeat buying dominates this kind of shop,
+and a history is far longer than the ~12 items the context can show, so the
+candidate carries its own repeat count (two tokens) whether or not it made it
+into the context. Items are added until the context budget
+(`max_length - 3 - max_item_tokens - COUNT_TOKENS`) is full, so the candidate
+always fits.
 
 Known items are tokenized once (the bundle's catalog holds their token ids);
 only free text is tokenized per request. Pairs are padded to the longest pair
@@ -26,6 +30,7 @@ from edgerec.runtime.errors import invalid
 from edgerec.settings import setting
 
 TokenIds = tuple[int, ...]
+COUNT_TOKENS = 3  # room reserved for a candidate's "<n>x" prefix (n <= 999)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,8 +43,8 @@ class FeaturizerConfig:
 
     @property
     def context_budget(self) -> int:
-        """Tokens left for the context once the candidate and 3 special tokens are reserved."""
-        return self.max_length - 3 - self.max_item_tokens
+        """Tokens left for the context once the candidate, its count and 3 special tokens are reserved."""
+        return self.max_length - 3 - self.max_item_tokens - COUNT_TOKENS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,8 +152,20 @@ class Featurizer:
             out.extend(piece)
         return tuple(out)
 
-    def _count_tokens(self, count: int) -> TokenIds:
-        count = min(max(1, int(count)), 999)
+    def candidate_tokens(self, tokens: TokenIds, times_bought: int) -> TokenIds:
+        """A candidate as the model reads it: "<n>x" (earlier baskets that held it; 0: new to the customer) + its text."""
+        return self._count_tokens(times_bought, minimum=0) + tokens
+
+    def catalog_pairs(
+        self, history: Sequence[tuple[str, int]], candidates: Sequence[str]
+    ) -> list[tuple[TokenIds, TokenIds]]:
+        """(context, candidate) pairs when history (newest first, with counts) and candidates are catalog ids."""
+        context = self.context_tokens(ContextEntry(self.catalog[item], count) for item, count in history)
+        bought = dict(reversed(history))  # the newest entry wins if an id repeats
+        return [(context, self.candidate_tokens(self.catalog[item], bought.get(item, 0))) for item in candidates]
+
+    def _count_tokens(self, count: int, minimum: int = 1) -> TokenIds:
+        count = min(max(minimum, int(count)), 999)
         if count not in self._count_ids:
             self._count_ids[count] = tuple(self.tokenizer.encode(f"{count}x", add_special_tokens=False).ids)
         return self._count_ids[count]

@@ -252,13 +252,16 @@ class Engine:
         featurizer = self.featurizer
         catalog = featurizer.catalog
         history = []
+        bought: dict[str, int] = {}  # item key -> earlier baskets that held it; the newest entry wins
         for index, item in enumerate(context):
             tokens = catalog.get(item.item_id) or featurizer.item_tokens(item.item_id, item.text, f"context[{index}]")
-            history.append(ContextEntry(tokens, min(max(int(item.count), 1), MAX_CONTEXT_COUNT)))
+            count = min(max(int(item.count), 1), MAX_CONTEXT_COUNT)
+            history.append(ContextEntry(tokens, count))
+            bought.setdefault(_item_key(item), count)
         candidate_tokens = []
         for index, item in enumerate(candidates):
             tokens = catalog.get(item.item_id) or featurizer.item_tokens(item.item_id, item.text, f"candidates[{index}]")
-            candidate_tokens.append(tokens)
+            candidate_tokens.append(featurizer.candidate_tokens(tokens, bought.get(_item_key(item), 0)))
         return PairRows(featurizer, featurizer.context_tokens(history), candidate_tokens)
 
     def _token_rows(
@@ -284,3 +287,8 @@ class Engine:
             raise invalid(f"{field}.attention_mask", f"row {empty} attends to no token")
         lengths = width - np.argmax(attended[:, ::-1], axis=1)
         return TokenRows(input_ids, attention_mask, token_type_ids, lengths.astype(np.int64))
+
+
+def _item_key(item: ItemRef) -> str:
+    """What makes a context item and a candidate the same item: the catalog id, else the free text."""
+    return item.item_id if item.item_id else "\0" + item.text

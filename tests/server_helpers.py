@@ -59,9 +59,14 @@ class OfflineEngine:
     def score(self, request: recommender_pb2.ScoreRequest) -> tuple[np.ndarray, np.ndarray]:
         history = [ContextEntry(self.item(c.item_id, c.text), max(c.count, 1)) for c in request.context]
         context = self.featurizer.context_tokens(history)
+        bought = {}
+        for c in request.context:
+            bought.setdefault((c.item_id, "" if c.item_id else c.text), max(c.count, 1))
         probabilities, quantities = [], []
         for candidate in request.candidates:
-            batch = self.featurizer.pack([(context, self.item(candidate.item_id, candidate.text))])
+            times = bought.get((candidate.item_id, "" if candidate.item_id else candidate.text), 0)
+            tokens = self.featurizer.candidate_tokens(self.item(candidate.item_id, candidate.text), times)
+            batch = self.featurizer.pack([(context, tokens)])
             p, q = self.session.run(None, batch.as_feeds())
             probabilities.append(p[0])
             quantities.append(q[0])
