@@ -12,6 +12,7 @@ from edgerec.cli import main
 from edgerec.export.evaluate import EvalConfig
 from edgerec.export.pipeline import ExportConfig, export
 from edgerec.export.train import TrainConfig
+from edgerec.export.engines import PRECISIONS
 from edgerec.runtime.bundle import open_bundle
 
 MANIFEST_KEYS = {
@@ -22,11 +23,15 @@ MANIFEST_KEYS = {
 QUICK = ExportConfig(validation_baskets=6, timing_batches=1, timing_rounds=1, batch_size=32)
 
 
+def test_int8_static_is_built_only_on_request() -> None:
+    assert "int8-static" in PRECISIONS and "int8-static" not in ExportConfig().precisions
+
+
 def test_export_trains_evaluates_exports_gates_and_bundles(tiny_data, tiny_gate, tmp_path: Path, capsys) -> None:
     artifacts = tmp_path / "artifacts"
     tiny_training = TrainConfig(data=tiny_data.config, tiny=True, steps=3, batch_size=8, valid_baskets=0)
     root = export(
-        ExportConfig(**{**QUICK.__dict__, "artifacts": artifacts}),
+        ExportConfig(**{**QUICK.__dict__, "artifacts": artifacts, "precisions": PRECISIONS}),
         tiny_training,
         EvalConfig(baskets=8, cold_baskets=8, baselines=False),
         gate=tiny_gate,
