@@ -103,6 +103,7 @@ def _session(bundle: Bundle, entry: EngineEntry, providers: list[str], config: B
     options.execution_mode = (
         ort.ExecutionMode.ORT_PARALLEL if config.inter_op_threads > 1 else ort.ExecutionMode.ORT_SEQUENTIAL
     )
+    options.enable_cpu_mem_arena = config.cpu_memory_arena
     options.log_severity_level = 3  # errors only: provider fallbacks are reported by our own log line
     if not config.spin_wait:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")

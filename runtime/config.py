@@ -81,6 +81,11 @@ class BackendConfig:
     intra_op_threads: int = setting(0, "threads inside one operator; 0: one per physical core")
     inter_op_threads: int = setting(1, "threads running independent operators in parallel")
     spin_wait: bool = setting(True, "let ONNX Runtime's threads spin between operators (faster, burns idle CPU)")
+    cpu_memory_arena: bool = setting(
+        False,
+        "ONNX Runtime's CPU memory arena: a little faster, but it keeps the largest buffer each batch shape "
+        "ever needed, so resident memory creeps up for minutes under varied traffic (off: flat memory)",
+    )
     warm_up: bool = setting(True, "run a few batches of each size class before reporting SERVING")
     trt_cache_dir: Path | None = setting(None, "TensorRT engine cache folder; default: <bundle>/.trt-cache")
 
