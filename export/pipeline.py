@@ -69,7 +69,7 @@ class ExportConfig:
     validation_baskets: int = setting(
         96,
         "validation baskets every engine is gated on: ~60 candidates each, so ~5800 pairs scored by PyTorch "
-        "and by each of 5 engines (about 5 minutes on 2 free cores). Fewer is noise: on 32 baskets NDCG@10 "
+        "and by each engine (about 4 minutes on 2 free cores). Fewer is noise: on 32 baskets NDCG@10 "
         "of the same int8 engine moved 1.1%, on 96 it moved 0.0%, against a 0.5% bound",
     )
     calibration_baskets: int = setting(64, "training baskets whose pairs calibrate int8 static")
