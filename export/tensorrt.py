@@ -34,6 +34,8 @@ import numpy as np
 import onnxruntime as ort
 
 from edgerec.export.model import INPUT_NAMES
+from edgerec.runtime.config import BatcherConfig
+from edgerec.runtime.featurize import FeaturizerConfig
 from edgerec.settings import setting
 
 log = logging.getLogger(__name__)
@@ -47,10 +49,12 @@ class TensorRTConfig:
 
     min_batch: int = setting(1, "smallest batch the engine accepts")
     opt_batch: int = setting(16, "batch TensorRT tunes its kernels for")
-    max_batch: int = setting(32, "largest batch the engine accepts (the server's default max_batch_size)")
+    max_batch: int = setting(
+        BatcherConfig().max_batch_size, "largest batch the engine accepts (the server's default max_batch_size)"
+    )
     min_sequence: int = setting(8, "shortest padded pair the engine accepts")
     opt_sequence: int = setting(64, "pair length TensorRT tunes its kernels for")
-    max_sequence: int = setting(128, "longest pair the engine accepts (the featurizer's max_length)")
+    max_sequence: int = setting(FeaturizerConfig().max_length, "longest pair the engine accepts (the featurizer's max_length)")
     workspace_mb: int = setting(2048, "TensorRT builder workspace, MB")
 
 

@@ -16,6 +16,7 @@ import shutil
 from pathlib import Path
 
 from edgerec.export.model import INPUT_NAMES, OUTPUT_NAMES
+from edgerec.runtime.config import BatcherConfig
 from edgerec.settings import setting
 
 
@@ -23,9 +24,13 @@ from edgerec.settings import setting
 class TritonConfig:
     """The Triton model configuration written beside the bundle."""
 
-    max_batch_size: int = setting(32, "largest batch Triton forms (as edgerec serve's default max_batch_size)")
+    max_batch_size: int = setting(
+        BatcherConfig().max_batch_size, "largest batch Triton forms (as edgerec serve's default max_batch_size)"
+    )
     preferred_batch_sizes: tuple[int, ...] = setting((8, 16, 32), "batch sizes Triton's dynamic batcher aims for")
-    max_queue_delay_us: int = setting(2000, "longest a request waits for a batch to fill, microseconds")
+    max_queue_delay_us: int = setting(
+        int(BatcherConfig().max_queue_delay_ms * 1000), "longest a request waits for a batch to fill, microseconds"
+    )
     instances: int = setting(1, "model instances (each runs one batch at a time)")
     intra_op_threads: int = setting(0, "ONNX Runtime threads per instance; 0: ONNX Runtime's default (all cores)")
 
