@@ -1,6 +1,6 @@
 """Every setting of `edgerec bench`, with its default, in one place.
 
-Four groups: which phases run, what is measured offline (the engine grid),
+Four groups: which phases run, what is measured offline (the runner grid),
 what the load generator does to the server, and where the inputs and
 outputs live. The
 defaults size a full run to about ten minutes on two CPU cores (offline grid
@@ -13,36 +13,38 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from edgerec.settings import setting
+from edgerec.benchmarks.harness.config import LoadTestConfig
+from edgerec.core.settings import setting
 
-CPU_ENGINES = ("pytorch-fp32", "ort-fp32", "ort-fp32-optimized", "ort-int8-dynamic", "ort-int8-static")
-GPU_ENGINES = ("pytorch-cuda-fp16", "ort-cuda-fp16", "ort-tensorrt-fp16")
+CPU_RUNNERS = ("pytorch-fp32", "ort-fp32", "ort-fp32-optimized", "ort-int8-dynamic", "ort-int8-static")
+GPU_RUNNERS = ("pytorch-cuda-fp16", "ort-cuda-fp16", "ort-tensorrt-fp16")
 
 
 @dataclasses.dataclass(frozen=True)
 class OfflineConfig:
-    """The offline engine benchmark: engines x batch sizes x sequence lengths."""
+    """The offline benchmark: runners x batch sizes x sequence lengths."""
 
-    engines: tuple[str, ...] = setting(
-        CPU_ENGINES + GPU_ENGINES,
-        "engines to time; GPU engines are skipped (with the reason recorded) where no GPU or provider is present",
+    runners: tuple[str, ...] = setting(
+        CPU_RUNNERS + GPU_RUNNERS,
+        "runners to time (see `edgerec.benchmarks.runners.KINDS`); GPU runners are skipped (with the reason "
+        "recorded) where no GPU or provider is present",
     )
     batch_sizes: tuple[int, ...] = setting((1, 8, 32, 64), "batch sizes (pairs per call) of the grid")
     sequence_lengths: tuple[int, ...] = setting((32, 64, 128), "tokens per pair of the grid (every pair exactly this long)")
-    warmup_runs: int = setting(1, "untimed calls per engine before each grid cell is timed")
-    min_rounds: int = setting(5, "timed calls per engine and cell at least, even past the cell's time budget")
-    max_rounds: int = setting(300, "timed calls per engine and cell at most")
+    warmup_runs: int = setting(1, "untimed calls per runner before each grid cell is timed")
+    min_rounds: int = setting(5, "timed calls per runner and cell at least, even past the cell's time budget")
+    max_rounds: int = setting(300, "timed calls per runner and cell at most")
     seconds_per_cell: float = setting(
-        18.0, "time budget of one grid cell, all engines together (rounds alternate the engines)"
+        18.0, "time budget of one grid cell, all runners together (rounds alternate the runners)"
     )
-    threads: int = setting(0, "intra-op threads of every engine (ONNX Runtime and torch alike); 0: physical cores")
+    threads: int = setting(0, "intra-op threads of every runner (ONNX Runtime and torch alike); 0: physical cores")
     spin_wait: bool = setting(
         True,
         "let ONNX Runtime's threads spin between operators, as the server does by default; "
-        "off: an idle session's spinning cannot slow the next engine of a round",
+        "off: an idle session's spinning cannot slow the next runner of a round",
     )
     quality_baskets: int = setting(
-        40, "validation baskets (~60 pairs each) scored for engines whose AUC/NDCG@10 the bundle's gate did not record"
+        40, "validation baskets (~60 pairs each) scored for runners whose AUC/NDCG@10 the bundle's gate did not record"
     )
     quality_batch_size: int = setting(64, "pairs per call when scoring validation baskets for quality")
     goal_batch_size: int = setting(32, "batch size of the int8-vs-PyTorch speed goal")
@@ -51,7 +53,7 @@ class OfflineConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class LoadConfig:
+class LoadConfig(LoadTestConfig):
     """The server benchmark: one server with batching on and one with it off, loaded back to back."""
 
     concurrencies: tuple[int, ...] = setting((1, 4, 16, 64), "closed-loop concurrency levels (streams in flight)")
@@ -66,18 +68,9 @@ class LoadConfig:
     drain_s: float = setting(
         5.0, "how long requests in flight when a level stops sending may take before they count as unfinished"
     )
-    request_timeout_s: float = setting(30.0, "gRPC deadline of each request")
-    min_candidates: int = setting(10, "fewest candidates in one request")
-    max_candidates: int = setting(100, "most candidates in one request")
-    max_history_items: int = setting(
-        64, "most recent past items one request carries (the featurizer reads ~10-20; the server caps the context)"
-    )
     request_pool: int = setting(400, "distinct requests built from the test split and sent round-robin")
-    engine: str = setting("", "precision the servers serve; empty: the bundle's default CPU engine")
     max_batch_size: int = setting(0, "batching server's max batch size in pairs; 0: the server's default")
     goal_concurrency: int = setting(64, "concurrency of the server goals (vs offline, vs batching off)")
-    startup_timeout_s: float = setting(60.0, "longest wait for a server to become ready")
-    seed: int = setting(0, "seed of the request pool and of the Poisson arrivals")
 
 
 QUICK_OFFLINE = OfflineConfig(
@@ -112,14 +105,14 @@ class BenchPaths:
 
     bundle: Path = setting(Path("artifacts/bundles/latest"), "bundle folder or .tar.gz to benchmark")
     output_dir: Path = setting(Path("artifacts/bench"), "folder for results.json, REPORT.md and the plots")
-    checkpoint: Path = setting(Path("artifacts/checkpoint"), "checkpoint of the PyTorch reference engine")
+    checkpoint: Path = setting(Path("artifacts/checkpoint"), "checkpoint of the PyTorch reference runner")
     samples_dir: Path | None = setting(
         None,
         "folder with valid.jsonl.gz / test.jsonl.gz baskets (the export's sample cache); "
         "unset: artifacts/data/<the bundle's data fingerprint>",
     )
     export_dir: Path = setting(
-        Path("artifacts/export"), "the export's work folder, searched for engines the bundle does not carry"
+        Path("artifacts/export"), "the export's work folder, searched for variants the bundle does not carry"
     )
 
 
@@ -130,5 +123,5 @@ class RunConfig:
     quick: bool = setting(
         False, "tiny grid and short load levels (a second or two per phase) for tests and smoke runs; flags still override"
     )
-    offline: bool = setting(True, "run the offline engine benchmark (grid and quality)")
+    offline: bool = setting(True, "run the offline runner benchmark (grid and quality)")
     server: bool = setting(True, "run the server benchmark (batching on and off)")

@@ -6,10 +6,10 @@ against figures from another day or another machine.
 
 - int8 on CPU: at least 2.5x PyTorch fp32's pairs/s at batch 32, sequence
   128, with AUC within 0.5% (relative) of PyTorch's on the same baskets;
-- the batching server: at least 0.85x the offline engine's pairs/s at
+- the batching server: at least 0.85x the offline runner's pairs/s at
   concurrency 64, and at least 3x the same server with batching off.
 
-The offline engine's pairs/s "at the same batch size" takes the grid's batch
+The offline runner's pairs/s "at the same batch size" takes the grid's batch
 size nearest the server's mean batch, at the requests' mean pair length
 (seconds per pair interpolated linearly between the grid's sequence
 lengths): the grid has no padding, so padding is part of the serving cost.
@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from edgerec.benchmarks.engines import REFERENCE
+from edgerec.benchmarks.runners import REFERENCE
 
 INT8_SPEEDUP = 2.5
 INT8_AUC_TOLERANCE = 0.005
@@ -35,10 +35,10 @@ def _nearest(values: Sequence[float], target: float) -> float:
 
 
 def offline_pairs_per_s(
-    rows: Sequence[Mapping[str, Any]], engine: str, batch_size: float, sequence_length: float
+    rows: Sequence[Mapping[str, Any]], runner: str, batch_size: float, sequence_length: float
 ) -> tuple[float, dict[str, Any]] | None:
-    """The engine's offline pairs/s at the grid batch size nearest `batch_size`, at `sequence_length` tokens."""
-    mine = [r for r in rows if r["engine"] == engine]
+    """The runner's offline pairs/s at the grid batch size nearest `batch_size`, at `sequence_length` tokens."""
+    mine = [r for r in rows if r["runner"] == runner]
     if not mine:
         return None
     batch = _nearest(sorted({r["batch_size"] for r in mine}), batch_size)
@@ -47,12 +47,12 @@ def offline_pairs_per_s(
     seconds_per_pair = [1.0 / r["pairs_per_s"] for r in at_batch]
     length = min(max(float(sequence_length), lengths[0]), lengths[-1])  # no extrapolation past the grid
     value = 1.0 / float(np.interp(length, lengths, seconds_per_pair))
-    return value, {"engine": engine, "batch_size": batch, "sequence_length": round(length, 1), "grid_lengths": lengths}
+    return value, {"runner": runner, "batch_size": batch, "sequence_length": round(length, 1), "grid_lengths": lengths}
 
 
-def _cell(rows: Sequence[Mapping[str, Any]], engine: str, batch: int, sequence: int) -> Mapping[str, Any] | None:
-    wanted = (engine, batch, sequence)
-    return next((r for r in rows if (r["engine"], r["batch_size"], r["sequence_length"]) == wanted), None)
+def _cell(rows: Sequence[Mapping[str, Any]], runner: str, batch: int, sequence: int) -> Mapping[str, Any] | None:
+    wanted = (runner, batch, sequence)
+    return next((r for r in rows if (r["runner"], r["batch_size"], r["sequence_length"]) == wanted), None)
 
 
 def _unmeasured(goal: dict[str, Any], why: str) -> dict[str, Any]:
@@ -62,34 +62,34 @@ def _unmeasured(goal: dict[str, Any], why: str) -> dict[str, Any]:
 def int8_goal(
     rows: Sequence[Mapping[str, Any]],
     quality: Mapping[str, Mapping[str, Any]],
-    int8_engine: str,
+    int8_runner: str,
     batch: int,
     sequence: int,
 ) -> dict[str, Any]:
     """int8 >= 2.5x PyTorch fp32 pairs/s at (batch, sequence), AUC within 0.5% relative."""
     goal = {
         "name": "int8 CPU speed-up with equal quality",
-        "target": f"{int8_engine} >= {INT8_SPEEDUP}x {REFERENCE} pairs/s at batch {batch}, sequence {sequence}; "
+        "target": f"{int8_runner} >= {INT8_SPEEDUP}x {REFERENCE} pairs/s at batch {batch}, sequence {sequence}; "
         f"|AUC change| <= {INT8_AUC_TOLERANCE:.1%} relative",
     }
-    ran = {r["engine"] for r in rows}
-    if int8_engine not in ran or REFERENCE not in ran:
-        return _unmeasured(goal, f"{int8_engine} or {REFERENCE} did not run")
-    cells = sorted({(r["batch_size"], r["sequence_length"]) for r in rows if r["engine"] == int8_engine})
+    ran = {r["runner"] for r in rows}
+    if int8_runner not in ran or REFERENCE not in ran:
+        return _unmeasured(goal, f"{int8_runner} or {REFERENCE} did not run")
+    cells = sorted({(r["batch_size"], r["sequence_length"]) for r in rows if r["runner"] == int8_runner})
     at = min(cells, key=lambda cell: (abs(cell[1] - sequence), abs(cell[0] - batch)))  # the goal's cell if the grid has it
-    reference, int8 = _cell(rows, REFERENCE, *at), _cell(rows, int8_engine, *at)
+    reference, int8 = _cell(rows, REFERENCE, *at), _cell(rows, int8_runner, *at)
     if reference is None or int8 is None:
         return _unmeasured(goal, f"no figures at batch {at[0]}, sequence {at[1]}")
     speedup = int8.get("speedup_vs_reference", int8["pairs_per_s"] / reference["pairs_per_s"])
-    auc_change = quality.get(int8_engine, {}).get("auc_relative_change")
+    auc_change = quality.get(int8_runner, {}).get("auc_relative_change")
     measured = {
         "batch_size": at[0],
         "sequence_length": at[1],
         "int8_pairs_per_s": int8["pairs_per_s"],
         "reference_pairs_per_s": reference["pairs_per_s"],
         "speedup": speedup,
-        "auc": quality.get(int8_engine, {}).get("auc"),
-        "reference_auc": quality.get(int8_engine, {}).get("reference_auc"),
+        "auc": quality.get(int8_runner, {}).get("auc"),
+        "reference_auc": quality.get(int8_runner, {}).get("reference_auc"),
         "auc_relative_change": auc_change,
     }
     auc_known = auc_change is not None and np.isfinite(auc_change)
@@ -104,16 +104,16 @@ def int8_goal(
 
 
 def serving_cost(
-    server: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], engine: str, mean_pair_tokens: float
+    server: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], runner: str, mean_pair_tokens: float
 ) -> list[dict[str, Any]]:
-    """Per mode and closed-loop level: server pairs/s / offline engine pairs/s at the same batch size."""
+    """Per mode and closed-loop level: server pairs/s / offline runner pairs/s at the same batch size."""
     out = []
     for mode, result in server.items():
         for level in result["closed_loop"]:
             batch = level["server"]["mean_batch_size"]
             if not np.isfinite(batch):
                 continue
-            offline = offline_pairs_per_s(rows, engine, batch, mean_pair_tokens)
+            offline = offline_pairs_per_s(rows, runner, batch, mean_pair_tokens)
             if offline is None:
                 continue
             pairs_per_s, basis = offline
@@ -132,9 +132,9 @@ def serving_cost(
 
 
 def server_goals(server: Mapping[str, Any], cost: Sequence[Mapping[str, Any]], concurrency: int) -> list[dict[str, Any]]:
-    """Batching server vs the offline engine, and vs batching off, at `concurrency` (else the highest measured)."""
+    """Batching server vs the offline runner, and vs batching off, at `concurrency` (else the highest measured)."""
     vs_offline = {
-        "name": "batching server vs offline engine",
+        "name": "batching server vs offline runner",
         "target": f">= {SERVER_VS_OFFLINE}x offline pairs/s at concurrency {concurrency}",
     }
     vs_off = {
@@ -156,7 +156,7 @@ def server_goals(server: Mapping[str, Any], cost: Sequence[Mapping[str, Any]], c
         return [_unmeasured(goal, why) for goal in (vs_offline, vs_off)]
     row = next((c for c in cost if c["mode"] == "batching" and c["concurrency"] == at), None)
     if row is None:
-        offline_goal = _unmeasured(vs_offline, "no offline figures for the served engine")
+        offline_goal = _unmeasured(vs_offline, "no offline figures for the served runner")
     else:
         offline_goal = {
             **vs_offline,

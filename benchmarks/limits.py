@@ -4,7 +4,7 @@ A measured speed means little without the ceiling it is measured against.
 One forward pass of the BERT cross-encoder costs a known number of
 floating-point operations (from the model's config); the CPU can do at most
 cores x clock x operations-per-cycle of them per second. Their ratio is the
-best pairs/s any engine could reach; each engine's share of it shows how much
+best pairs/s any runner could reach; each runner's share of it shows how much
 headroom is left.
 
 The peak is an estimate, documented here and recorded with the results:
@@ -15,7 +15,7 @@ The peak is an estimate, documented here and recorded with the results:
   pairs per fp32 lane in one instruction: 4x the fp32 peak. Without VNNI,
   AVX2 needs two instructions (vpmaddubsw, vpmaddwd) per four pairs: 2x.
 - the clock is the nominal frequency the OS reports; boost clocks can be
-  higher, so a real engine may come close to, but should not pass, this line.
+  higher, so a real runner may come close to, but should not pass, this line.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ class PeakEstimate:
         return self.fp32_gflops * self.int8_factor
 
     def peak_gops(self, precision: str) -> float:
-        """The ceiling for an engine of `precision` (int8 engines: the int8 peak)."""
+        """The ceiling for a runner of `precision` (int8 variants: the int8 peak)."""
         return self.int8_gops if precision.startswith("int8") else self.fp32_gflops
 
     def as_json(self) -> dict[str, Any]:

@@ -1,12 +1,12 @@
 """PNG plots of a benchmark's results (matplotlib, headless Agg backend).
 
-- `offline_throughput_latency.png`: per sequence length, each engine's
+- `offline_throughput_latency.png`: per sequence length, each runner's
   pairs/s against its median latency as the batch grows, with the hardware's
   fp32 and int8 limits as horizontal lines;
 - `server_latency_vs_load.png`: the server's p50/p95/p99 latency and its
   achieved throughput against the offered (open-loop) load, batching on and off;
 - `server_closed_loop.png`: pairs/s against concurrency, batching on and off,
-  with the served engine's offline pairs/s for comparison.
+  with the served variant's offline pairs/s for comparison.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
@@ -39,19 +40,19 @@ def _log_axes(axis, x: bool = True, y: bool = True) -> None:
 
 
 def offline_plot(rows: Sequence[Mapping[str, Any]], limits: Mapping[int, Mapping[str, float]], path: Path) -> Path:
-    """Throughput against latency per engine, one panel per sequence length."""
+    """Throughput against latency per runner, one panel per sequence length."""
     lengths = sorted({r["sequence_length"] for r in rows})
-    engines = list(dict.fromkeys(r["engine"] for r in rows))
+    runners = list(dict.fromkeys(r["runner"] for r in rows))
     figure, axes = plt.subplots(1, len(lengths), figsize=(max(8.0, 5.5 * len(lengths)), 5.2), squeeze=False)
     for axis, length in zip(axes[0], lengths):
-        for engine in engines:
-            mine = [r for r in rows if r["engine"] == engine and r["sequence_length"] == length]
+        for runner in runners:
+            mine = [r for r in rows if r["runner"] == runner and r["sequence_length"] == length]
             mine.sort(key=lambda r: r["batch_size"])
             if not mine:
                 continue
             x = [r["p50_ms"] for r in mine]
             y = [r["pairs_per_s"] for r in mine]
-            (line,) = axis.plot(x, y, marker="o", label=engine)
+            (line,) = axis.plot(x, y, marker="o", label=runner)
             for r in mine:
                 axis.annotate(
                     f"b{r['batch_size']}",
@@ -71,7 +72,7 @@ def offline_plot(rows: Sequence[Mapping[str, Any]], limits: Mapping[int, Mapping
         axis.set_title(f"sequence length {length}")
     handles, labels = axes[0][0].get_legend_handles_labels()
     figure.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8, frameon=False)
-    figure.suptitle("Offline engines: pairs/s vs latency as the batch grows (bN: batch size N)")
+    figure.suptitle("Offline runners: pairs/s vs latency as the batch grows (bN: batch size N)")
     figure.tight_layout(rect=(0, 0.14, 1, 1))
     figure.savefig(path, dpi=110)
     plt.close(figure)
@@ -88,7 +89,7 @@ def server_load_plot(server: Mapping[str, Any], path: Path) -> Path:
             continue
         offered = [level["level"] for level in levels]
         for key, style in PERCENTILE_STYLE.items():
-            latency = [level[key] for level in levels]
+            latency = [np.nan if level[key] is None else level[key] for level in levels]  # None: nothing answered
             latency_axis.plot(offered, latency, style, marker="o", color=color, label=f"{label}, {key[:3]}")
         throughput_axis.plot(offered, [level["requests_per_s"] for level in levels], marker="o", color=color, label=label)
         capacity = result.get("capacity_requests_per_s")
@@ -113,7 +114,7 @@ def server_load_plot(server: Mapping[str, Any], path: Path) -> Path:
 
 
 def server_closed_loop_plot(server: Mapping[str, Any], cost: Sequence[Mapping[str, Any]], path: Path) -> Path:
-    """Pairs/s against concurrency, batching on and off, beside the offline engine's figure."""
+    """Pairs/s against concurrency, batching on and off, beside the offline runner's figure."""
     figure, axis = plt.subplots(figsize=(7, 4.8))
     for mode, result in server.items():
         color, label = MODE_STYLE.get(mode, ("black", mode))
@@ -127,7 +128,7 @@ def server_closed_loop_plot(server: Mapping[str, Any], cost: Sequence[Mapping[st
                 linestyle="--",
                 color=color,
                 alpha=0.6,
-                label=f"offline engine at the server's batch size ({label})",
+                label=f"offline runner at the server's batch size ({label})",
             )
     _log_axes(axis)
     concurrencies = sorted({lv["level"] for result in server.values() for lv in result["closed_loop"]})

@@ -1,11 +1,12 @@
-"""The accuracy cost of each engine, so no speed is shown without it.
+"""The accuracy cost of each runner, so no speed is shown without it.
 
-Each engine's AUC and NDCG@10 on validation baskets, always next to the
+Each runner's AUC and NDCG@10 on validation baskets, always next to the
 PyTorch reference's on the same baskets:
 - where the export's validation gate recorded both (the bundle manifest:
-  each engine's `gate`, the reference under `metrics.validation.pytorch`),
-  those figures are used: they cover the most baskets;
-- every other engine (a GPU engine, an engine found outside the bundle, a
+  each cross-encoder variant's `gate`, the reference under
+  `metrics.validation.pytorch`), those figures are used: they cover the most
+  baskets;
+- every other runner (a GPU runner, a variant found outside the bundle, a
   bundle without gate figures) is scored here, with the reference, on a
   seeded sample of the validation baskets, through the export's own
   `score_baskets` / `ranking_report`.
@@ -20,11 +21,13 @@ from typing import Any
 
 from tqdm import tqdm
 
-from edgerec.benchmarks.engines import REFERENCE, Engine
+from edgerec.benchmarks.runners import REFERENCE, Runner
+from edgerec.benchmarks.workload import validation_metrics
 from edgerec.export.evaluate import ranking_report, score_baskets
 from edgerec.export.samples import Basket
-from edgerec.runtime.bundle import Bundle
-from edgerec.runtime.featurize import Featurizer
+from edgerec.core.bundle import Bundle
+from edgerec.core.featurize import Featurizer
+from edgerec.core.signatures import CROSS_ENCODER
 
 
 METRICS = ("auc", "ndcg@10")
@@ -58,7 +61,7 @@ def _entry(figures: dict[str, float], reference: dict[str, float], source: str, 
 
 
 def measure_quality(
-    engines: Sequence[Engine],
+    runners: Sequence[Runner],
     bundle: Bundle,
     validation: Sequence[Basket],
     featurizer: Featurizer,
@@ -66,40 +69,40 @@ def measure_quality(
     batch_size: int,
     seed: int = 0,
 ) -> dict[str, dict[str, Any]]:
-    """Quality per engine name: AUC, NDCG@10, the reference's on the same baskets, and their source."""
-    validation_metrics = bundle.manifest.get("metrics", {}).get("validation", {})
-    gate_reference = _figures(validation_metrics.get("pytorch"))
-    gate_baskets = int(validation_metrics.get("baskets") or 0)
-    bundle_files = {bundle.path(e.file).resolve(): e.gate for e in bundle.engines}
+    """Quality per runner name: AUC, NDCG@10, the reference's on the same baskets, and their source."""
+    validation_figures = validation_metrics(bundle)
+    gate_reference = _figures(validation_figures.get("pytorch"))
+    gate_baskets = int(validation_figures.get("baskets") or 0)
+    variant_gates = {bundle.path(v.file).resolve(): v.gate for v in bundle.model(CROSS_ENCODER.name).variants}
     results: dict[str, dict[str, Any]] = {}
-    to_score: list[Engine] = []
-    for engine in engines:
-        gate = bundle_files.get(engine.spec.path.resolve()) if engine.spec.kind.runtime == "onnxruntime" else None
-        figures = gate_reference if engine.spec.name == REFERENCE else _figures(gate)
-        if gate_reference and figures and engine.spec.kind.device == "cpu":
-            results[engine.spec.name] = _entry(figures, gate_reference, "export validation gate", gate_baskets)
+    to_score: list[Runner] = []
+    for runner in runners:
+        gate = variant_gates.get(runner.spec.path.resolve()) if runner.spec.kind.runtime == "onnxruntime" else None
+        figures = gate_reference if runner.spec.name == REFERENCE else _figures(gate)
+        if gate_reference and figures and runner.spec.kind.device == "cpu":
+            results[runner.spec.name] = _entry(figures, gate_reference, "export validation gate", gate_baskets)
         else:
-            to_score.append(engine)
+            to_score.append(runner)
     if not to_score:
         return results
     if not validation:
-        for engine in to_score:
-            results[engine.spec.name] = {"status": "not measured", "reason": "no validation baskets found"}
+        for runner in to_score:
+            results[runner.spec.name] = {"status": "not measured", "reason": "no validation baskets found"}
         return results
-    reference = next((e for e in engines if e.spec.name == REFERENCE), None)
+    reference = next((r for r in runners if r.spec.name == REFERENCE), None)
     if reference is None:
-        for engine in to_score:
-            results[engine.spec.name] = {"status": "not measured", "reason": f"no {REFERENCE} engine to compare with"}
+        for runner in to_score:
+            results[runner.spec.name] = {"status": "not measured", "reason": f"no {REFERENCE} runner to compare with"}
         return results
     chosen = list(validation)
     if sample_size < len(chosen):
         chosen = [chosen[i] for i in sorted(random.Random(seed).sample(range(len(chosen)), sample_size))]
     scored: dict[str, dict[str, float]] = {}
-    for engine in tqdm([reference, *[e for e in to_score if e is not reference]], desc="quality", unit="engine"):
-        outputs = score_baskets(chosen, featurizer, lambda batch, e=engine: e(batch.as_feeds()), batch_size, progress=False)
+    for runner in tqdm([reference, *[r for r in to_score if r is not reference]], desc="quality", unit="runner"):
+        outputs = score_baskets(chosen, featurizer, lambda batch, r=runner: r(batch.as_feeds()), batch_size, progress=False)
         figures = _figures(ranking_report(chosen, *outputs))
-        scored[engine.spec.name] = figures or {metric: float("nan") for metric in METRICS}
+        scored[runner.spec.name] = figures or {metric: float("nan") for metric in METRICS}
     source = "scored here (seeded sample of validation baskets)"
-    for engine in to_score:
-        results[engine.spec.name] = _entry(scored[engine.spec.name], scored[REFERENCE], source, len(chosen))
+    for runner in to_score:
+        results[runner.spec.name] = _entry(scored[runner.spec.name], scored[REFERENCE], source, len(chosen))
     return results

@@ -1,57 +1,34 @@
 """REPORT.md: the run's results as tables a reader can check against results.json.
 
 Everything in the report comes from the results dictionary of the same run
-(which `results.json` holds in full): goals first, then the engines with
+(which `results.json` holds in full): goals first, then the runners with
 their size, memory and quality, the offline grid with its distance from the
 hardware limit, the server under closed and open loop, and the plots.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from edgerec.benchmarks.markdown import codes, number, percent, table
+
 MB = 1e6
-
-
-def _num(value: Any, digits: int = 1, suffix: str = "") -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "–"
-    if isinstance(value, (int, float)):
-        return f"{value:,.{digits}f}{suffix}"
-    return str(value)
-
-
-def _pct(value: Any, digits: int = 1, signed: bool = False) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "–"
-    return f"{value:+.{digits}%}" if signed else f"{value:.{digits}%}"
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    return lines + [""]
-
-
-def _codes(counts: Mapping[str, int]) -> str:
-    return ", ".join(f"{code} {n}" for code, n in sorted(counts.items())) or "0"
 
 
 def _goals(goals: Sequence[Mapping[str, Any]]) -> list[str]:
     verdict = {True: "**met**", False: "**not met**", None: "not measured"}
     rows = [(g["name"], g["target"], g["summary"], verdict[g["met"]]) for g in goals]
-    return ["## Goals (measured in this run)", "", *_table(("goal", "target", "measured", "verdict"), rows)]
+    return ["## Goals (measured in this run)", "", *table(("goal", "target", "measured", "verdict"), rows)]
 
 
-def _engines(results: Mapping[str, Any]) -> list[str]:
+def _runners(results: Mapping[str, Any]) -> list[str]:
     quality = results.get("quality", {})
     rows = []
-    for engine in results.get("engines", []):
-        name = engine["engine"]
-        if engine["status"] != "ran":
-            rows.append((name, engine["precision"], engine["device"], *["–"] * 5, f"skipped: {engine['reason']}"))
+    for runner in results.get("runners", []):
+        name = runner["runner"]
+        if runner["status"] != "ran":
+            rows.append((name, runner["precision"], runner["device"], *["–"] * 5, f"skipped: {runner['reason']}"))
             continue
         q = quality.get(name, {})
         source = q.get("source") or q.get("reason", "")
@@ -60,25 +37,25 @@ def _engines(results: Mapping[str, Any]) -> list[str]:
         rows.append(
             (
                 name,
-                engine["precision"],
-                engine["provider"],
-                _num(engine["size_bytes"] / MB),
-                _num(engine["peak_rss_growth_bytes"] / MB),
-                _num(q.get("auc"), 4),
-                _pct(q.get("auc_relative_change"), 2, signed=True),
-                _num(q.get("ndcg@10"), 4),
+                runner["precision"],
+                runner["provider"],
+                number(runner["size_bytes"] / MB),
+                number(runner["peak_rss_growth_bytes"] / MB),
+                number(q.get("auc"), 4),
+                percent(q.get("auc_relative_change"), 2, signed=True),
+                number(q.get("ndcg@10"), 4),
                 source,
             )
         )
     header = (
-        "engine", "precision", "runs on", "model MB", "peak RSS growth MB", "AUC", "AUC vs PyTorch", "NDCG@10", "quality source"
+        "runner", "precision", "runs on", "model MB", "peak RSS growth MB", "AUC", "AUC vs PyTorch", "NDCG@10", "quality source"
     )  # fmt: skip
     notes = [
         "Model MB: the ONNX file, or the parameters in memory for PyTorch. Peak RSS growth: how far this process's",
-        "resident memory rose while the engine loaded and ran the grid's largest batch (sampled every 2 ms).",
+        "resident memory rose while the runner loaded and ran the grid's largest batch (sampled every 2 ms).",
         "",
     ]
-    return ["## Engines: size, memory and quality", "", *_table(header, rows), *notes]
+    return ["## Runners: size, memory and quality", "", *table(header, rows), *notes]
 
 
 def _limits(results: Mapping[str, Any]) -> list[str]:
@@ -88,9 +65,9 @@ def _limits(results: Mapping[str, Any]) -> list[str]:
     rows = [
         (
             length,
-            _num(entry["gflop_per_pair"], 3),
-            _num(entry["fp32_limit_pairs_per_s"], 0),
-            _num(entry["int8_limit_pairs_per_s"], 0),
+            number(entry["gflop_per_pair"], 3),
+            number(entry["fp32_limit_pairs_per_s"], 0),
+            number(entry["int8_limit_pairs_per_s"], 0),
         )
         for length, entry in sorted(model["per_sequence_length"].items(), key=lambda kv: int(kv[0]))
     ]
@@ -101,36 +78,36 @@ def _limits(results: Mapping[str, Any]) -> list[str]:
         f"Peak estimate: {peak['basis']} = {peak['fp32_gflops']:.0f} GFLOP/s fp32, {peak['int8_gops']:.0f} GOP/s int8 "
         "(nominal clock; see `edgerec.benchmarks.limits`).",
         "",
-        *_table(("sequence length", "GFLOP per pair", "fp32 limit pairs/s", "int8 limit pairs/s"), rows),
+        *table(("sequence length", "GFLOP per pair", "fp32 limit pairs/s", "int8 limit pairs/s"), rows),
     ]
 
 
 def _grid(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     if not rows:
         return []
-    table = [
+    cells = [
         (
             r["batch_size"],
             r["sequence_length"],
-            r["engine"],
-            _num(r["p50_ms"], 2),
-            _num(r["p99_ms"], 2),
-            _num(r["pairs_per_s"], 1),
-            _num(r.get("speedup_vs_reference"), 2, "x"),
-            _num(r.get("achieved_gops"), 1),
-            _pct(r.get("peak_fraction")),
+            r["runner"],
+            number(r["p50_ms"], 2),
+            number(r["p99_ms"], 2),
+            number(r["pairs_per_s"], 1),
+            number(r.get("speedup_vs_reference"), 2, "x"),
+            number(r.get("achieved_gops"), 1),
+            percent(r.get("peak_fraction")),
             r["runs"],
         )
         for r in sorted(rows, key=lambda r: (r["sequence_length"], r["batch_size"]))
     ]
-    header = ("batch", "seq", "engine", "p50 ms", "p99 ms", "pairs/s", "vs PyTorch", "GOP/s", "of peak", "runs")
+    header = ("batch", "seq", "runner", "p50 ms", "p99 ms", "pairs/s", "vs PyTorch", "GOP/s", "of peak", "runs")
     return [
         "## Offline grid",
         "",
-        "Every pair exactly `seq` tokens (no padding). Engines alternate within each round; latencies are per call,",
+        "Every pair exactly `seq` tokens (no padding). Runners alternate within each round; latencies are per call,",
         "pairs/s = batch / median latency, speed-up = median of per-round ratios to PyTorch fp32.",
         "",
-        *_table(header, table),
+        *table(header, cells),
     ]
 
 
@@ -143,12 +120,12 @@ def _server(results: Mapping[str, Any]) -> list[str]:
         "## Server under load",
         "",
         f"Requests: {requests.get('count')} distinct Score requests from {requests.get('source')}, "
-        f"{_num(requests.get('mean_candidates'))} candidates and {_num(requests.get('mean_pair_tokens'))} tokens per pair "
-        f"on average; served engine: {results.get('served_engine')}. Client and servers share this machine's cores.",
+        f"{number(requests.get('mean_candidates'))} candidates and {number(requests.get('mean_pair_tokens'))} tokens per pair "
+        f"on average; served variant: {results.get('served_runner')}. Client and servers share this machine's cores.",
         "",
         "Each level sends for its time, then lets requests in flight finish for a bounded drain; req/s and pairs/s",
         "count answered requests over the whole level. Unfinished: requests still running after the drain (cancelled;",
-        "their latencies are missing from the percentiles). Engine pairs/s: the server's own count of pairs scored.",
+        "their latencies are missing from the percentiles). Scored pairs/s: the server's own count of pairs scored.",
         "",
     ]
     for mode, result in server.items():
@@ -156,44 +133,44 @@ def _server(results: Mapping[str, Any]) -> list[str]:
         lines += [f"### {title} (max batch size {result['max_batch_size'] or 'default'}): closed loop", ""]
         rows = [
             (
-                lv["level"], _num(lv["requests_per_s"]), _num(lv["pairs_per_s"], 0),
-                _num(lv["server"]["engine_pairs_per_s"], 0), _num(lv["p50_ms"]), _num(lv["p95_ms"]), _num(lv["p99_ms"]),
-                _num(lv["server"]["mean_batch_size"]), _pct(lv["server"]["mean_padding_ratio"]),
-                _codes(lv["server"]["rejected_by_code"]), _codes(lv["failures"]), lv["unfinished"],
-                _num(lv["server"]["cpu_cores_used"], 2), _num(lv["client_cpu_cores_used"], 2),
+                lv["level"], number(lv["requests_per_s"]), number(lv["pairs_per_s"], 0),
+                number(lv["server"]["scored_pairs_per_s"], 0), number(lv["p50_ms"]), number(lv["p95_ms"]), number(lv["p99_ms"]),
+                number(lv["server"]["mean_batch_size"]), percent(lv["server"]["mean_padding_ratio"]),
+                codes(lv["server"]["rejected_by_code"]), codes(lv["failures"]), lv["unfinished"],
+                number(lv["server"]["cpu_cores_used"], 2), number(lv["client_cpu_cores_used"], 2),
             )
             for lv in result["closed_loop"]
         ]  # fmt: skip
-        header = ("concurrency", "req/s", "pairs/s", "engine pairs/s", "p50 ms", "p95 ms", "p99 ms", "mean batch", "padding",
+        header = ("concurrency", "req/s", "pairs/s", "scored pairs/s", "p50 ms", "p95 ms", "p99 ms", "mean batch", "padding",
                   "rejected (server)", "failed (client)", "unfinished", "server CPU cores", "client CPU cores")  # fmt: skip
-        lines += _table(header, rows)
+        lines += table(header, rows)
         lines += [f"### {title}: open loop (Poisson arrivals)", ""]
         rows = [
             (
-                f"{lv['level']:.1f} ({lv['offered_fraction_of_capacity']:.2f}x)", _num(lv["requests_per_s"]),
-                _num(lv["pairs_per_s"], 0), _num(lv["p50_ms"]), _num(lv["p95_ms"]), _num(lv["p99_ms"]),
-                _num(lv["server"]["mean_batch_size"]), _codes(lv["failures"]), lv["dropped"], lv["unfinished"],
-                _num(lv["server"]["cpu_cores_used"], 2),
+                f"{lv['level']:.1f} ({lv['offered_fraction_of_capacity']:.2f}x)", number(lv["requests_per_s"]),
+                number(lv["pairs_per_s"], 0), number(lv["p50_ms"]), number(lv["p95_ms"]), number(lv["p99_ms"]),
+                number(lv["server"]["mean_batch_size"]), codes(lv["failures"]), lv["dropped"], lv["unfinished"],
+                number(lv["server"]["cpu_cores_used"], 2),
             )
             for lv in result["open_loop"]
         ]  # fmt: skip
         header = ("offered req/s (x capacity)", "answered req/s", "pairs/s", "p50 ms", "p95 ms", "p99 ms",
                   "mean batch", "failed", "dropped (client cap)", "unfinished", "server CPU cores")  # fmt: skip
-        lines += _table(header, rows)
+        lines += table(header, rows)
     cost = results.get("serving_cost", [])
     if cost:
         rows = [
             (
-                c["mode"], c["concurrency"], _num(c["server_pairs_per_s"], 0), _num(c["mean_batch_size"]),
-                "{engine} b{batch_size} at {sequence_length} tokens".format(**c["offline_basis"]),
-                _num(c["offline_pairs_per_s"], 0), _num(c["ratio"], 2, "x"),
+                c["mode"], c["concurrency"], number(c["server_pairs_per_s"], 0), number(c["mean_batch_size"]),
+                "{runner} b{batch_size} at {sequence_length} tokens".format(**c["offline_basis"]),
+                number(c["offline_pairs_per_s"], 0), number(c["ratio"], 2, "x"),
             )
             for c in cost
         ]  # fmt: skip
         lines += [
-            "### Serving-path cost: server pairs/s vs the offline engine at the same batch size",
+            "### Serving-path cost: server pairs/s vs the offline runner at the same batch size",
             "",
-            *_table(
+            *table(
                 ("mode", "concurrency", "server pairs/s", "mean batch", "offline basis", "offline pairs/s", "ratio"), rows
             ),
         ]
@@ -205,16 +182,16 @@ def render(results: Mapping[str, Any], plots: Sequence[str]) -> str:
     gpu = machine["gpu"]
     gpu_text = gpu["name"] if gpu.get("present") else f"none ({gpu['reason']})"
     libraries = ", ".join(f"{k} {v}" for k, v in machine["libraries"].items())
-    skipped = [e for e in results.get("engines", []) if e["status"] != "ran" and e["device"] == "gpu"]
+    skipped = [r for r in results.get("runners", []) if r["status"] != "ran" and r["device"] == "gpu"]
     lines = [
         "# edgerec benchmark report",
         "",
         f"Run {results['started']}, {results['duration_s'] / 60:.1f} min{' (quick mode)' if results['quick'] else ''}. "
-        f"Bundle `{results['bundle']['model_name']}-{results['bundle']['version']}` ({results['bundle']['path']}).",
+        f"Bundle `{results['bundle']['name']}-{results['bundle']['version']}` ({results['bundle']['path']}).",
         "",
         f"Machine: {machine['cpu_model']}, {machine['physical_cores']} physical / {machine['logical_cores']} logical cores "
         f"({', '.join(machine['cpu_simd'])}), {machine['memory_bytes'] / 2**30:.0f} GiB; GPU: {gpu_text}. "
-        f"Threads per engine: {results['threads']}. Load average at start: "
+        f"Threads per runner: {results['threads']}. Load average at start: "
         f"{', '.join(f'{v:.2f}' for v in machine['load_average_at_start'] or [])}.",
         "",
         f"Libraries: {libraries}. ONNX Runtime providers: {', '.join(machine['onnxruntime_providers'])}.",
@@ -228,9 +205,9 @@ def render(results: Mapping[str, Any], plots: Sequence[str]) -> str:
             "",
         ]
     if skipped:
-        lines += ["**GPU rows not run:** " + "; ".join(f"{e['engine']}: {e['reason']}" for e in skipped) + ".", ""]
+        lines += ["**GPU rows not run:** " + "; ".join(f"{r['runner']}: {r['reason']}" for r in skipped) + ".", ""]
     lines += _goals(results["goals"])
-    lines += _engines(results)
+    lines += _runners(results)
     lines += _limits(results)
     lines += _grid(results.get("offline", []))
     lines += _server(results)

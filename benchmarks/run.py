@@ -1,9 +1,9 @@
-"""`edgerec bench`: engines offline, then the server under load, then one report.
+"""`edgerec bench`: runners offline, then the server under load, then one report.
 
 Phases, in order (each prints its time budget, and shows progress):
-1. offline: load every engine (skipped GPU engines keep their reason), time
-   the batch x sequence grid with the engines interleaved, then each
-   engine's AUC and NDCG@10 on validation baskets;
+1. offline: load every runner (skipped GPU runners keep their reason), time
+   the batch x sequence grid with the runners interleaved, then each
+   runner's AUC and NDCG@10 on validation baskets;
 2. server: two `edgerec serve` processes, batching on and off, loaded with
    real test-split requests, closed and open loop, back to back;
 3. report: `results.json` (all figures, the machine, the settings),
@@ -30,16 +30,18 @@ import numpy as np
 
 from edgerec.benchmarks import goals, plots, report
 from edgerec.benchmarks.config import QUICK_LOAD, QUICK_OFFLINE, BenchPaths, LoadConfig, OfflineConfig, RunConfig
-from edgerec.benchmarks.engines import physical_cores, plan_engines
+from edgerec.benchmarks.harness.requests import bundle_featurizer
 from edgerec.benchmarks.limits import ModelShape, PeakEstimate, estimate_peak, limits_table
 from edgerec.benchmarks.machine import describe_machine
-from edgerec.benchmarks.offline import grid_estimate_s, load_engines, time_grid
+from edgerec.benchmarks.offline import grid_estimate_s, load_runners, time_grid
 from edgerec.benchmarks.quality import measure_quality
+from edgerec.benchmarks.runners import physical_cores, plan_runners
 from edgerec.benchmarks.server_bench import run_server_bench, server_estimate_s
-from edgerec.benchmarks.workload import bundle_featurizer, default_samples_dir, load_baskets, request_pool
-from edgerec.runtime.bundle import Bundle, open_bundle
-from edgerec.runtime.errors import EdgeRecError
-from edgerec.settings import add_arguments, dump_json, from_arguments, to_jsonable
+from edgerec.benchmarks.workload import data_fingerprint, default_samples_dir, load_baskets, mean_pair_tokens, request_pool
+from edgerec.core.bundle import Bundle, open_bundle
+from edgerec.core.errors import EdgeRecError
+from edgerec.core.settings import add_arguments, dump_json, from_arguments, to_jsonable
+from edgerec.core.signatures import CROSS_ENCODER
 
 SECTIONS = (("", RunConfig), ("", BenchPaths), ("offline_", OfflineConfig), ("load_", LoadConfig))
 
@@ -67,36 +69,37 @@ def offline_phase(
     peak: PeakEstimate,
     samples_dir: Path,
 ) -> dict[str, Any]:
-    """Engines (loaded or skipped), the timed grid and each engine's quality."""
+    """Runners (loaded or skipped), the timed grid and each runner's quality."""
     featurizer = bundle_featurizer(bundle)
     seconds = {}
     started = time.perf_counter()
-    specs = plan_engines(config.engines, bundle, paths.checkpoint, paths.export_dir)
-    engines, engine_rows = load_engines(specs, featurizer, config, threads)
-    seconds["engine loading"] = time.perf_counter() - started
+    specs = plan_runners(config.runners, bundle, paths.checkpoint, paths.export_dir)
+    runners, runner_rows = load_runners(specs, featurizer, config, threads)
+    seconds["runner loading"] = time.perf_counter() - started
     try:
         started = time.perf_counter()
-        grid = time_grid(engines, featurizer, config, shape, peak)
+        grid = time_grid(runners, featurizer, config, shape, peak)
         seconds["offline grid"] = time.perf_counter() - started
         started = time.perf_counter()
         validation = load_baskets(samples_dir, "valid")
         quality = measure_quality(
-            engines, bundle, validation, featurizer, config.quality_baskets, config.quality_batch_size, config.seed
+            runners, bundle, validation, featurizer, config.quality_baskets, config.quality_batch_size, config.seed
         )
         seconds["quality"] = time.perf_counter() - started
     finally:
-        for engine in engines:
-            engine.close()
-    return {"engines": engine_rows, "offline": grid, "quality": quality, "phase_seconds": seconds}
+        for runner in runners:
+            runner.close()
+    return {"runners": runner_rows, "offline": grid, "quality": quality, "phase_seconds": seconds}
 
 
 def server_phase(
     bundle: Bundle, config: LoadConfig, threads: int, spin_wait: bool, samples_dir: Path, offline_rows: list, served: str
 ) -> dict[str, Any]:
     """Both servers under load, the request pool they were sent, and the serving-path cost."""
+    featurizer = bundle_featurizer(bundle)
     pool, source = request_pool(
         load_baskets(samples_dir, "test"),
-        bundle_featurizer(bundle),
+        featurizer,
         config.request_pool,
         config.min_candidates,
         config.max_candidates,
@@ -104,7 +107,7 @@ def server_phase(
         config.seed,
     )
     candidates = np.array([len(r.candidates) for r in pool], dtype=float)
-    mean_pair_tokens = float(np.average([r.mean_pair_tokens for r in pool], weights=candidates))
+    pair_tokens = float(np.average([mean_pair_tokens(featurizer, r) for r in pool], weights=candidates))
     started = time.perf_counter()
     server = run_server_bench(bundle.root, pool, config, threads, spin_wait)
     return {
@@ -112,10 +115,10 @@ def server_phase(
             "count": len(pool),
             "source": source,
             "mean_candidates": float(candidates.mean()),
-            "mean_pair_tokens": mean_pair_tokens,
+            "mean_pair_tokens": pair_tokens,
         },
         "server": server,
-        "serving_cost": goals.serving_cost(server, offline_rows, served, mean_pair_tokens),
+        "serving_cost": goals.serving_cost(server, offline_rows, served, pair_tokens),
         "phase_seconds": {"server": time.perf_counter() - started},
     }
 
@@ -168,14 +171,15 @@ def run(args: argparse.Namespace) -> int:
     config_file = Path(paths.checkpoint) / "config.json"
     shape = ModelShape.from_config_file(config_file) if config_file.is_file() else None
     samples_dir = paths.samples_dir or default_samples_dir(bundle)
-    served = load_config.engine or bundle.manifest["default_engine"]["cpu"]
+    model = bundle.model(CROSS_ENCODER.name)
+    served = load_config.precision or model.default_variant["cpu"]
 
     plan = []
     if run_config.offline:
-        plan.append(f"offline grid ~{grid_estimate_s(offline_config) / 60:.1f} min + engine loading and quality")
+        plan.append(f"offline grid ~{grid_estimate_s(offline_config) / 60:.1f} min + runner loading and quality")
     if run_config.server:
         plan.append(f"server ~{server_estimate_s(load_config) / 60:.1f} min + start-up")
-    print(f"edgerec bench: {bundle.name}-{bundle.version}, {threads} threads per engine; plan: {', '.join(plan)}")
+    print(f"edgerec bench: {bundle.name}-{bundle.version}, {threads} threads per runner; plan: {', '.join(plan)}")
 
     results: dict[str, Any] = {
         "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -185,16 +189,17 @@ def run(args: argparse.Namespace) -> int:
         "threads": threads,
         "bundle": {
             "path": str(bundle.root),
-            "model_name": bundle.name,
+            "name": bundle.name,
             "version": bundle.version,
-            "default_engine": bundle.manifest["default_engine"],
-            "engines": [e.precision for e in bundle.engines],
-            "data_fingerprint": bundle.manifest.get("data_fingerprint"),
+            "models": sorted(bundle.models),
+            "default_variant": model.default_variant,
+            "variants": model.precisions,
+            "data_fingerprint": data_fingerprint(bundle),
         },
         "samples_dir": str(samples_dir),
         "peak": peak.as_json(),
         "model": limits_table(shape, peak, offline_config.sequence_lengths) if shape else None,
-        "served_engine": f"ort-{served}",
+        "served_runner": f"ort-{served}",
         "phase_seconds": {},
     }
     if run_config.offline:
@@ -204,12 +209,12 @@ def run(args: argparse.Namespace) -> int:
         spin_wait = offline_config.spin_wait
         _merge(results, server_phase(bundle, load_config, threads, spin_wait, samples_dir, offline_rows, f"ort-{served}"))
 
-    int8_engine = f"ort-{served}" if served.startswith("int8") else "ort-int8-dynamic"
+    int8_runner = f"ort-{served}" if served.startswith("int8") else "ort-int8-dynamic"
     results["goals"] = [
         goals.int8_goal(
             results.get("offline", []),
             results.get("quality", {}),
-            int8_engine,
+            int8_runner,
             offline_config.goal_batch_size,
             offline_config.goal_sequence_length,
         ),

@@ -1,35 +1,35 @@
-"""What the benchmark feeds the engines and the server.
+"""What the benchmark feeds the runners and the servers.
 
 - Offline grid cells need batches whose every pair is exactly `sequence`
   tokens long (no padding, so the FLOP count is exact). They are built with
   the bundle's featurizer from real catalog items: `[CLS] "<n>x item ;" ...
   [SEP] candidate [SEP]`, the context cut to the length wanted.
-- Quality is measured on validation baskets, and the load generator
-  replays real customers from the test split: their
-  histories and 10-100 candidates per request. Both come from the export's
-  sample cache (`artifacts/data/<fingerprint>/`); without one, requests are
-  drawn from the catalog and quality is reported as not measured.
+- Quality is measured on validation baskets, and the servers are sent real
+  customers from the test split: their histories and 10-100 candidates per
+  request. Both come from the export's sample cache
+  (`artifacts/data/<fingerprint>/`); without one, requests are drawn from the
+  catalog (`harness.requests.random_requests`) and quality is reported as not
+  measured.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import gzip
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from edgerec.benchmarks.harness.requests import history_of, random_requests, score_request
+from edgerec.core.bundle import Bundle
+from edgerec.core.featurize import ContextEntry, Featurizer
+from edgerec.core.signatures import CROSS_ENCODER
 from edgerec.export.samples import Basket
-from edgerec.runtime.bundle import Bundle
-from edgerec.runtime.featurize import ContextEntry, Featurizer, FeaturizerConfig
-from edgerec.settings import from_jsonable
+from edgerec.proto import recommender_pb2
 
-
-def bundle_featurizer(bundle: Bundle) -> Featurizer:
-    """The bundle's featurizer with its catalog, exactly as the server builds it."""
-    config = from_jsonable(FeaturizerConfig, bundle.manifest["featurizer"])
-    return Featurizer.from_files(bundle.tokenizer_path, config, bundle.catalog_path)
+# Catalog histories (without test baskets) carry at most this many past items.
+RANDOM_HISTORY_ITEMS = 30
 
 
 def exact_length_feeds(featurizer: Featurizer, batch: int, sequence: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -54,9 +54,19 @@ def exact_length_feeds(featurizer: Featurizer, batch: int, sequence: int, seed: 
     return batch_inputs.as_feeds()
 
 
+def data_fingerprint(bundle: Bundle) -> str:
+    """The fingerprint of the data the cross-encoder was trained on ("" if its manifest entry does not say)."""
+    return str(bundle.model(CROSS_ENCODER.name).info.get("data_fingerprint") or "")
+
+
+def validation_metrics(bundle: Bundle) -> dict:
+    """The export's validation figures for the cross-encoder (`metrics.validation`), {} if it recorded none."""
+    return dict(bundle.model(CROSS_ENCODER.name).info.get("metrics", {}).get("validation", {}))
+
+
 def default_samples_dir(bundle: Bundle, data_dir: Path = Path("artifacts/data")) -> Path:
     """Where the export cached the samples of the data the bundle was trained on."""
-    return Path(data_dir) / str(bundle.manifest.get("data_fingerprint", ""))
+    return Path(data_dir) / data_fingerprint(bundle)
 
 
 def load_baskets(samples_dir: Path | None, split: str) -> list[Basket]:
@@ -70,25 +80,16 @@ def load_baskets(samples_dir: Path | None, split: str) -> list[Basket]:
         return [Basket.from_json(json.loads(line)) for line in handle]
 
 
-@dataclasses.dataclass(frozen=True)
-class RequestSpec:
-    """One Score request: a customer's history (newest first) and the candidate item ids."""
-
-    history: tuple[tuple[str, int], ...]
-    candidates: tuple[str, ...]
-    mean_pair_tokens: float  # as the featurizer will build them (context + candidate + 3 specials)
-
-
 def request_pool(
-    baskets: list[Basket],
+    baskets: Sequence[Basket],
     featurizer: Featurizer,
     size: int,
     min_candidates: int,
     max_candidates: int,
     max_history: int = 64,
     seed: int = 0,
-) -> tuple[list[RequestSpec], str]:
-    """`size` requests with `min_candidates`..`max_candidates` candidates each, and where they came from.
+) -> tuple[list[recommender_pb2.ScoreRequest], str]:
+    """`size` Score requests with `min_candidates`..`max_candidates` candidates each, and where they came from.
 
     A request carries at most `max_history` past items, the most recent (a
     client sends a customer's recent history, not all of it).
@@ -97,24 +98,27 @@ def request_pool(
     basket's, topped up from the catalog when a basket has fewer than drawn),
     else from random catalog histories.
     """
-    rng = np.random.default_rng(seed)
     catalog = list(featurizer.catalog)
     known = [b for b in baskets if b.candidates and all(c in featurizer.catalog for c in b.candidates)]
+    if not known:
+        history = min(max_history, RANDOM_HISTORY_ITEMS)
+        pool = random_requests(catalog, size, min_candidates, max_candidates, history, seed)
+        return pool, "random catalog histories (no test baskets found)"
+    rng = np.random.default_rng(seed)
     pool = []
     for _ in range(size):
         wanted = int(rng.integers(min_candidates, max_candidates + 1))
-        if known:
-            basket = known[int(rng.integers(len(known)))]
-            known_history = [(item, count) for item, count in basket.history if item in featurizer.catalog]
-            history = tuple(known_history[:max_history])
-            candidates = list(basket.candidates[:wanted])
-        else:
-            picks = rng.choice(len(catalog), size=int(rng.integers(0, min(30, max_history) + 1)))
-            history = tuple((catalog[i], int(rng.integers(1, 6))) for i in dict.fromkeys(picks.tolist()))
-            candidates = []
+        basket = known[int(rng.integers(len(known)))]
+        history = [(item, count) for item, count in basket.history if item in featurizer.catalog][:max_history]
+        candidates = list(basket.candidates[:wanted])
         while len(candidates) < wanted:
             candidates.append(catalog[int(rng.integers(len(catalog)))])
-        lengths = [featurizer.pair_length(*pair) for pair in featurizer.catalog_pairs(history, candidates)]
-        pool.append(RequestSpec(history, tuple(candidates), float(np.mean(lengths))))
-    source = f"{len(known)} test baskets" if known else "random catalog histories (no test baskets found)"
-    return pool, source
+        pool.append(score_request(history, candidates))
+    return pool, f"{len(known)} test baskets"
+
+
+def mean_pair_tokens(featurizer: Featurizer, request: recommender_pb2.ScoreRequest) -> float:
+    """Mean tokens per pair of a Score request as the server builds them (context + candidate + 3 specials)."""
+    candidates = [candidate.item_id for candidate in request.candidates]
+    pairs = featurizer.catalog_pairs(history_of(request), candidates)
+    return float(np.mean([featurizer.pair_length(*pair) for pair in pairs]))

@@ -41,8 +41,9 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from edgerec.proto import recommender_pb2, recommender_pb2_grpc
-from edgerec.runtime.bundle import open_bundle
-from edgerec.settings import add_arguments, from_arguments, setting, to_jsonable
+from edgerec.core.bundle import open_bundle
+from edgerec.core.settings import add_arguments, from_arguments, setting, to_jsonable
+from edgerec.core.signatures import CROSS_ENCODER
 
 MIB = 1024 * 1024
 LOOPBACK = "127.0.0.1"
@@ -257,7 +258,7 @@ def measure(config: FootprintConfig) -> dict:
                 "path": str(bundle_path),
                 "size_mib": round((bundle_path.stat().st_size if bundle_path.is_file() else _tree_bytes(bundle_path)) / MIB, 2),
                 "model": f"{bundle.name} {bundle.version}",
-                "cpu_engine": os.environ.get("EDGEREC_PRECISION") or bundle.manifest["default_engine"]["cpu"],
+                "cpu_engine": os.environ.get("EDGEREC_PRECISION") or bundle.model(CROSS_ENCODER.name).default_variant["cpu"],
             },
             "settings": to_jsonable(config),
         }

@@ -1,103 +1,84 @@
-"""Assembles a model bundle folder, and packs one into a .tar.gz (`edgerec bundle`).
+"""Assembles a bundle folder from the export's models, and packs one into a .tar.gz (`edgerec bundle`).
 
-A bundle is everything an edge box needs to serve one model version: the
-engines, the tokenizer, the pre-tokenized item catalog and a manifest that
-describes the engines and lists every file's sha256 (format and loading:
-`edgerec.runtime.bundle`). Bundles live in `<bundles_dir>/<name>-<version>/`
-and `<bundles_dir>/latest` points at the newest one.
+A bundle is everything an edge box needs to serve one model version: each
+model's variants (precision files), the tokenizer, the pre-tokenized item
+catalog and a manifest that describes them and lists every file's sha256
+(format, layout, writing and loading: `edgerec.core.bundle`). The export
+hands `build_bundle` one `edgerec.core.bundle.ModelFiles` per model (today
+the cross-encoder; a second model is one more entry). Bundles live in
+`<bundles_dir>/<name>-<version>/` and `<bundles_dir>/latest` points at the
+newest one.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import json
 import logging
 import os
-import shutil
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from edgerec.runtime.bundle import open_bundle, pack, write_manifest
-from edgerec.runtime.errors import EdgeRecError
-from edgerec.runtime.featurize import Featurizer, save_catalog
-from edgerec.settings import to_jsonable
+from edgerec.core.bundle import MANIFEST, ModelFiles, open_bundle, pack, verify, write_bundle, write_manifest
+from edgerec.core.errors import EdgeRecError
+from edgerec.core.featurize import Featurizer
+from edgerec.core.settings import to_jsonable
 
 log = logging.getLogger(__name__)
 
 LATEST = "latest"
-TOKENIZER = "tokenizer.json"
-CATALOG = "catalog.json"
-# Where each precision is meant to run: fp16 needs a GPU, the rest are CPU engines.
-DEVICE_OF = {"fp32": "cpu", "fp32-optimized": "cpu", "int8-dynamic": "cpu", "int8-static": "cpu", "fp16": "gpu"}
-
-
-@dataclasses.dataclass(frozen=True)
-class EngineArtifact:
-    """One engine file produced by the export, with its gate result."""
-
-    precision: str
-    path: Path
-    gate: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-    @property
-    def device(self) -> str:
-        return DEVICE_OF[self.precision]
-
-    @property
-    def file_name(self) -> str:
-        return f"model.{self.precision}.onnx"
+# Manifest keys of a model entry that the bundle writer owns; `record_model_info` may not set them.
+_MODEL_KEYS = ("signature", "variants", "default_variant")
 
 
 def build_bundle(
     bundles_dir: Path,
     *,
-    model_name: str,
+    name: str,
     version: str,
-    engines: Sequence[EngineArtifact],
-    default_engine: Mapping[str, str],
+    models: Sequence[ModelFiles],
     tokenizer_path: Path,
     items: Mapping[str, str],
     featurizer: Featurizer,
-    description: Mapping[str, Any],
 ) -> Path:
-    """Write `<bundles_dir>/<model_name>-<version>/` and point `latest` at it; returns the folder.
+    """Write `<bundles_dir>/<name>-<version>/` (`edgerec.core.bundle.write_bundle`) and point `latest` at it.
 
-    `description` holds the manifest's descriptive keys (inputs, outputs, opset,
-    exporter, metrics, data_fingerprint, fusions, ...); this function adds the
-    engines, featurizer, tokenizer and catalog entries and the checksums.
+    One `ModelFiles` per model (its signature, a variant file per precision,
+    default variants, gate verdicts, descriptive keys). An older folder of the
+    same name and version is replaced. Returns the folder. Raises ValueError
+    for repeated model names or default variants that are not among a model's variants.
     """
-    precisions = {engine.precision for engine in engines}
-    missing = {device: p for device, p in default_engine.items() if p not in precisions}
-    if missing:
-        raise ValueError(f"default engine(s) {missing} are not among the bundled engines {sorted(precisions)}")
-    root = Path(bundles_dir) / f"{model_name}-{version}"
-    if root.exists():
-        shutil.rmtree(root)
-    root.mkdir(parents=True)
-    for engine in engines:
-        shutil.copyfile(engine.path, root / engine.file_name)
-    shutil.copyfile(tokenizer_path, root / TOKENIZER)
-    save_catalog(root / CATALOG, items, featurizer)
-    manifest = {
-        **to_jsonable(dict(description)),
-        "model_name": model_name,
-        "version": version,
-        "default_engine": dict(default_engine),
-        "engines": [
-            {"file": e.file_name, "precision": e.precision, "device": e.device, "gate": to_jsonable(e.gate)}
-            for e in engines
-        ],
-        "featurizer": to_jsonable(featurizer.config),
-        "tokenizer": TOKENIZER,
-        "catalog": CATALOG,
-    }
-    write_manifest(root, manifest)
+    names = [model.name for model in models]
+    if not names or len(set(names)) != len(names):
+        raise ValueError(f"a bundle needs models of distinct names, got {names}")
+    root = Path(bundles_dir) / f"{name}-{version}"
+    write_bundle(
+        root, name=name, version=version, models=models, tokenizer_path=tokenizer_path, items=items, featurizer=featurizer
+    )
     point_latest(root)
-    log.info("bundle %s written (%d engines)", root, len(engines))
+    counts = ", ".join(f"{model.name}: {len(model.variants)} variants" for model in models)
+    log.info("bundle %s written (%s)", root, counts)
     return root
+
+
+def record_model_info(root: Path, model: str, info: Mapping[str, Any]) -> None:
+    """Add descriptive keys to one model's manifest entry of a written bundle, and rewrite the checksums.
+
+    For steps that run on the finished bundle (the TensorRT engine cache).
+    Raises EdgeRecError if the bundle does not verify, KeyError for an unknown
+    model, ValueError for a key `build_bundle` owns.
+    """
+    clashing = sorted(set(info) & set(_MODEL_KEYS))
+    if clashing:
+        raise ValueError(f"record_model_info may not set {clashing}")
+    root = Path(root)
+    verify(root)  # never re-checksum files that no longer match their manifest
+    manifest = json.loads((root / MANIFEST).read_text())
+    manifest["models"][model].update(to_jsonable(dict(info)))
+    write_manifest(root, {k: v for k, v in manifest.items() if k not in ("format", "files")})
 
 
 def point_latest(root: Path) -> None:
@@ -117,7 +98,7 @@ def archive_path(root: Path) -> Path:
 
 
 def pack_bundle(root: Path, archive: Path | None = None) -> Path:
-    """Verify `root` and pack it into `archive` (default: beside the folder)."""
+    """Verify `root` and pack it into `archive` (default: beside the folder); dot-folders are left out."""
     return pack(Path(root).resolve(), archive or archive_path(root))
 
 

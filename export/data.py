@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from edgerec.settings import setting
+from edgerec.core.settings import setting
 
 COLUMNS = ("InvoiceNo", "StockCode", "Description", "Quantity", "InvoiceDate", "UnitPrice", "CustomerID", "Country")
 SHIPPED_CSV = Path(__file__).resolve().parents[1] / "data" / "uci_online_retail" / "online_retail.csv.gz"

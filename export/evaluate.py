@@ -1,6 +1,6 @@
 """Offline evaluation: score the stored test candidates and compare the model with baselines.
 
-Every model (the PyTorch checkpoint, each ONNX engine, each baseline) is
+Every model (the PyTorch checkpoint, each ONNX variant, each baseline) is
 scored on exactly the candidates `samples.prepare` stored, through the same
 `Featurizer`, and reported with the same `ranking_report`:
 - slices: all candidates; repeat items (the customer bought them before) vs
@@ -32,8 +32,8 @@ from tqdm import tqdm
 from edgerec.export import metrics
 from edgerec.export.data import DataConfig
 from edgerec.export.samples import SPLITS, Basket, prepare
-from edgerec.runtime.featurize import EncodedBatch, Featurizer, TokenIds
-from edgerec.settings import add_arguments, dump_json, from_arguments, from_jsonable, setting, to_jsonable
+from edgerec.core.featurize import EncodedBatch, Featurizer, TokenIds
+from edgerec.core.settings import add_arguments, dump_json, from_arguments, from_jsonable, setting, to_jsonable
 
 Scorer = Callable[[EncodedBatch], tuple[np.ndarray, np.ndarray]]
 SLICES = ("all", "repeat", "new", "cold")

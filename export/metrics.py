@@ -1,7 +1,7 @@
 """Ranking and regression metrics as small pure numpy functions.
 
 They take plain arrays so the same code scores the fine-tuned model, every
-ONNX engine and every baseline. Ranking functions score one list (a basket's
+ONNX variant and every baseline. Ranking functions score one list (a basket's
 candidates); ties in score keep the list's order (candidates are stored in a
 seeded random order, so a model that ties is ranked at random, the same way
 for everyone). AUC gives tied pairs half credit.

@@ -6,8 +6,9 @@ BERT encoder; the [CLS] state feeds two linear heads:
 - `log_quantity`: log of the units bought, trained on positives only (MSE).
 
 `ScoringModel` wraps it for export and serving: it applies the sigmoid and
-the exp inside the graph, so every engine returns `purchase_probability` and
-`expected_quantity` (units expected *if* bought) ready to use.
+the exp inside the graph, so every variant returns `purchase_probability` and
+`expected_quantity` (units expected *if* bought) ready to use; its inputs and
+outputs are the `CROSS_ENCODER` signature (`edgerec.core.signatures`).
 
 A checkpoint is a folder: `model.safetensors` (weights), `config.json` (the
 BERT config), `tokenizer.json`, `edgerec.json` (featurizer settings and
@@ -28,11 +29,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import BertConfig, BertModel
 
-from edgerec.runtime.featurize import Featurizer, FeaturizerConfig
-from edgerec.settings import from_jsonable, to_jsonable
-
-INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
-OUTPUT_NAMES = ("purchase_probability", "expected_quantity")
+from edgerec.core.featurize import Featurizer, FeaturizerConfig
+from edgerec.core.settings import from_jsonable, to_jsonable
 
 
 def pretrained_path() -> Path:

@@ -1,10 +1,12 @@
-"""Exports the scoring model (sigmoid and exp inside) to one ONNX file.
+"""Exports the scoring model (sigmoid and exp inside) to one ONNX file, the plain fp32 variant.
 
 It uses torch's legacy TorchScript exporter (`dynamo=False`) at opset 17: in
 torch 2.13 the default dynamo exporter writes a graph in which ONNX Runtime's
 transformer optimizer finds no attention to fuse, while the legacy graph fuses
-fully (see /work/shared/FACTS.md). Batch and sequence axes are dynamic, so one
-file serves every batch size and every padded pair length.
+fully (see /work/shared/FACTS.md). Input and output names and dynamic axes
+come from the model's signature (`edgerec.core.signatures.CROSS_ENCODER`):
+batch and sequence are dynamic, so one file serves every batch size and every
+padded pair length.
 """
 
 from __future__ import annotations
@@ -13,20 +15,16 @@ import dataclasses
 import logging
 import warnings
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from edgerec.export.model import INPUT_NAMES, OUTPUT_NAMES, CrossEncoderRecommender, ScoringModel
+from edgerec.core.signatures import CROSS_ENCODER, ModelSignature
+from edgerec.export.model import CrossEncoderRecommender, ScoringModel
 
 log = logging.getLogger(__name__)
 
 OPSET = 17
 EXPORTER = f"torch.onnx.export (TorchScript, dynamo=False) torch {torch.__version__}"
-
-# What every engine takes and returns; copied into the bundle manifest.
-INPUTS: list[dict[str, Any]] = [{"name": name, "dtype": "int64", "shape": ["batch", "sequence"]} for name in INPUT_NAMES]
-OUTPUTS: list[dict[str, Any]] = [{"name": name, "dtype": "float32", "shape": ["batch"]} for name in OUTPUT_NAMES]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,13 +47,19 @@ def _example_inputs(vocab_size: int, batch: int = 2, sequence: int = 16) -> tupl
     return input_ids, attention_mask, token_type_ids
 
 
+def dynamic_axes(signature: ModelSignature) -> dict[str, dict[int, str]]:
+    """torch.onnx's `dynamic_axes` for a signature: every named axis of every input and output."""
+    return {
+        spec.name: {axis: dim for axis, dim in enumerate(spec.shape) if isinstance(dim, str)}
+        for spec in (*signature.inputs, *signature.outputs)
+    }
+
+
 def export_onnx(model: CrossEncoderRecommender, path: Path, opset: int = OPSET) -> ExportRecord:
-    """Write `ScoringModel(model)` to `path` with dynamic batch and sequence axes."""
+    """Write `ScoringModel(model)` to `path` with the `CROSS_ENCODER` signature (dynamic batch and sequence)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     scoring = ScoringModel(model).eval()
-    dynamic_axes = {name: {0: "batch", 1: "sequence"} for name in INPUT_NAMES}
-    dynamic_axes.update({name: {0: "batch"} for name in OUTPUT_NAMES})
     with torch.inference_mode(), warnings.catch_warnings():
         # The tracer warns about Python-side shape checks inside transformers (constant for BERT),
         # and torch warns that this exporter is the legacy one (chosen on purpose, see above).
@@ -66,9 +70,9 @@ def export_onnx(model: CrossEncoderRecommender, path: Path, opset: int = OPSET) 
             scoring,
             _example_inputs(model.config.vocab_size),
             str(path),
-            input_names=list(INPUT_NAMES),
-            output_names=list(OUTPUT_NAMES),
-            dynamic_axes=dynamic_axes,
+            input_names=list(CROSS_ENCODER.input_names),
+            output_names=list(CROSS_ENCODER.output_names),
+            dynamic_axes=dynamic_axes(CROSS_ENCODER),
             opset_version=opset,
             do_constant_folding=True,
             dynamo=False,

@@ -1,16 +1,22 @@
-"""`edgerec export`: from shop data to a validated, bundled model, in one command.
+"""`edgerec export`: from shop data to a validated, bundled model version, in one command.
 
 Steps:
 1. train with `edgerec train`'s defaults, if `<artifacts>/checkpoint` holds no
    checkpoint (run `edgerec train` first for other settings);
 2. evaluate on the test split, if the checkpoint has no evaluation report;
-3. export to ONNX, fuse, quantize (int8 dynamic, int8 static) and convert to fp16;
-4. TensorRT engines through ONNX Runtime (skipped, in one line, without a GPU);
-5. the validation gate: every engine against PyTorch on validation baskets;
-6. choose the CPU int8 engine: the faster of the int8 engines that pass;
-7. the bundle folder, its .tar.gz and a Triton model repository beside it.
-It ends with a table of the engines: size, gate verdict, AUC and NDCG@10.
-A failing gate stops the export before anything is bundled (exit status 1).
+3. sample validation and calibration baskets;
+4. the cross-encoder's variants: export to ONNX, fuse, quantize (int8
+   dynamic, int8 static) and convert to fp16 (`variants.py`);
+5. the validation gate: every variant against PyTorch on validation baskets,
+   then the CPU default: the faster of the int8 variants that pass, timed in
+   sessions configured like the server's;
+6. the bundle folder (`edgerec.core.bundle` format);
+7. the TensorRT engine cache of the bundle's GPU variant, built as the server
+   will load it (skipped, in one line, without TensorRT; `tensorrt.py`);
+8. the bundle's .tar.gz;
+9. a Triton model repository beside it.
+After the gate it prints a table of the variants: size, gate verdict, AUC and
+NDCG@10. A failing gate stops the export before anything is bundled (exit status 1).
 """
 
 from __future__ import annotations
@@ -26,30 +32,27 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import onnxruntime as ort
-
-from edgerec.export.bundle import EngineArtifact, build_bundle, pack_bundle
-from edgerec.export.engines import PRECISIONS, EngineSet, build_engines, encode_batches, sample
-
-DEFAULT_PRECISIONS = tuple(p for p in PRECISIONS if p != "int8-static")
+from edgerec.core.bundle import ModelFiles, sha256_file
+from edgerec.core.featurize import EncodedBatch
+from edgerec.core.settings import add_arguments, from_arguments, from_jsonable, setting
+from edgerec.core.signatures import CROSS_ENCODER
+from edgerec.export.bundle import build_bundle, pack_bundle
 from edgerec.export.data import DataConfig
 from edgerec.export.evaluate import EvalConfig, evaluate
 from edgerec.export.model import Checkpoint, load_checkpoint
-from edgerec.export.onnx_export import INPUTS, OPSET, OUTPUTS
+from edgerec.export.onnx_export import OPSET
 from edgerec.export.optimize import expected_fusions
 from edgerec.export.quantize import QuantizeConfig
 from edgerec.export.samples import prepare
-from edgerec.export.tensorrt import TensorRTConfig, TensorRTEngine
-from edgerec.export.tensorrt import build_engines as build_tensorrt_engines
+from edgerec.export.tensorrt import build_engine_cache
 from edgerec.export.train import TrainConfig, train
 from edgerec.export.triton import TritonConfig, write_repository
-from edgerec.export.validate import GateConfig, GateFailed, GateResult, enforce, run_gate
-from edgerec.runtime.bundle import sha256_file
-from edgerec.runtime.featurize import EncodedBatch
-from edgerec.settings import add_arguments, from_arguments, from_jsonable, setting
+from edgerec.export.validate import GateConfig, GateFailed, GateResult, OnnxScorer, enforce, run_gate
+from edgerec.export.variants import PRECISIONS, SOURCE_OF, VariantSet, build_variants, encode_batches, sample
 
 log = logging.getLogger(__name__)
 
+DEFAULT_PRECISIONS = tuple(p for p in PRECISIONS if p != "int8-static")
 INT8 = ("int8-dynamic", "int8-static")
 EVAL_REPORT = "eval_report.json"  # written next to the checkpoint by `edgerec eval`
 
@@ -59,27 +62,36 @@ class ExportConfig:
     """What `edgerec export` builds and where."""
 
     artifacts: Path = setting(Path("artifacts"), "root of checkpoint/, data/, export/, bundles/ and triton/")
-    model_name: str = setting("edgerec", "bundle and Triton model name")
+    bundle_name: str = setting(
+        "edgerec", "bundle name: the model version's name the server reports (KServe model name) and the Triton model name"
+    )
     version: str = setting("", "bundle version; empty: the first 12 hex digits of the weights' sha256")
     precisions: tuple[str, ...] = setting(
         DEFAULT_PRECISIONS,
-        "engines to build, gate and bundle (also: int8-static). int8 static (QDQ, calibrated) is left out by "
-        "default: on the real model it lost 0.66% NDCG@10 against the 0.5% gate and ran slower than int8 dynamic",
+        "variants (precision files) of the cross-encoder to build, gate and bundle (also: int8-static). "
+        "int8 static (QDQ, calibrated) is left out by default: on the real model it lost 0.66% NDCG@10 "
+        "against the 0.5% gate and ran slower than int8 dynamic",
     )
     validation_baskets: int = setting(
         96,
-        "validation baskets every engine is gated on: ~60 candidates each, so ~5800 pairs scored by PyTorch "
-        "and by each engine (about 4 minutes on 2 free cores). Fewer is noise: on 32 baskets NDCG@10 "
-        "of the same int8 engine moved 1.1%, on 96 it moved 0.0%, against a 0.5% bound",
+        "validation baskets every variant is gated on: ~60 candidates each, so ~5800 pairs scored by PyTorch "
+        "and by each variant (about 4 minutes on 2 free cores). Fewer is noise: on 32 baskets NDCG@10 "
+        "of the same int8 variant moved 1.1%, on 96 it moved 0.0%, against a 0.5% bound",
     )
     calibration_baskets: int = setting(64, "training baskets whose pairs calibrate int8 static")
     sample_seed: int = setting(0, "seed of the validation and calibration basket samples")
     batch_size: int = setting(64, "pairs per batch when scoring validation baskets")
-    threads: int = setting(0, "ONNX Runtime threads for validation and timing; 0: all cores")
-    timing_batches: int = setting(6, "validation batches timed per int8 engine to choose the CPU default")
-    timing_rounds: int = setting(3, "timing rounds (engines interleaved; the best round counts)")
+    threads: int = setting(
+        0,
+        "ONNX Runtime intra-op threads for validation and timing (sessions otherwise configured like the "
+        "server's); 0: one per physical core",
+    )
+    timing_batches: int = setting(6, "validation batches timed per int8 variant to choose the CPU default")
+    timing_rounds: int = setting(3, "timing rounds (variants interleaved; the best round counts)")
     opset: int = setting(OPSET, "ONNX opset of the export")
-    cpu_default: str = setting("", "force the bundle's CPU engine (a precision); empty: the faster passing int8 engine")
+    cpu_default: str = setting(
+        "", "force the bundle's CPU default variant (a precision); empty: the faster passing int8 variant"
+    )
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -100,26 +112,28 @@ def _step(number: int, total: int, title: str) -> Iterator[None]:
 
 
 # -- int8 choice -------------------------------------------------------------
-def time_engines(engines: Mapping[str, Path], batches: Sequence[EncodedBatch], rounds: int, threads: int) -> dict[str, float]:
-    """Best-of-`rounds` seconds each engine takes for `batches`; engines interleave within a round."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    sessions = {p: ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]) for p, path in engines.items()}
-    feeds = [batch.as_feeds() for batch in batches]
-    for session in sessions.values():  # warm-up
-        session.run(None, feeds[0])
-    best = {p: float("inf") for p in sessions}
+def time_variants(
+    variants: Mapping[str, Path], batches: Sequence[EncodedBatch], rounds: int, threads: int
+) -> dict[str, float]:
+    """Best-of-`rounds` seconds each variant takes for `batches`; variants interleave within a round.
+
+    Each runs in a CPU session configured like the server's (`validate.OnnxScorer`).
+    """
+    scorers = {precision: OnnxScorer(path, threads) for precision, path in variants.items()}
+    for scorer in scorers.values():  # warm-up
+        scorer(batches[0])
+    best = {p: float("inf") for p in scorers}
     for _ in range(rounds):
-        for precision, session in sessions.items():
+        for precision, scorer in scorers.items():
             start = time.perf_counter()
-            for feed in feeds:
-                session.run(None, feed)
+            for batch in batches:
+                scorer(batch)
             best[precision] = min(best[precision], time.perf_counter() - start)
     return best
 
 
 def choose_int8(results: Mapping[str, GateResult], seconds: Mapping[str, float]) -> dict[str, Any]:
-    """The CPU default: the fastest int8 engine among those that pass the gate (passing = equal quality)."""
+    """The CPU default: the fastest int8 variant among those that pass the gate (passing = equal quality)."""
     candidates = {
         p: {"seconds": seconds[p], "passed": results[p].passed, **{m: results[p].report.get(m) for m in ("auc", "ndcg@10")}}
         for p in seconds
@@ -128,24 +142,32 @@ def choose_int8(results: Mapping[str, GateResult], seconds: Mapping[str, float])
     chosen = min(passing, key=seconds.__getitem__) if passing else min(seconds, key=seconds.__getitem__)
     return {
         "chosen": chosen,
-        "rule": "fastest int8 engine on this CPU among those that pass the validation gate (equal quality)",
+        "rule": (
+            "fastest int8 variant on this CPU, in sessions configured like the server's, among those that pass "
+            "the validation gate (equal quality)"
+        ),
         "candidates": candidates,
     }
 
 
 # -- report ------------------------------------------------------------------
 def summary_table(
-    engines: Mapping[str, Path], results: Mapping[str, GateResult], reference: Mapping[str, float]
+    variants: Mapping[str, Path], results: Mapping[str, GateResult], reference: Mapping[str, float]
 ) -> str:
-    """The closing table: one row per engine, plus the PyTorch reference."""
-    header = ("artifact", "size (MB)", "gate", "AUC", "NDCG@10")
-    rows = [("pytorch (reference)", "", "", f"{reference.get('auc', float('nan')):.4f}", f"{reference.get('ndcg@10', float('nan')):.4f}")]
-    for precision, path in engines.items():
+    """The gate's table: one row per variant (precision, file, size, verdict, metrics), plus the PyTorch reference."""
+    header = ("variant", "file", "size (MB)", "gate", "AUC", "NDCG@10")
+    rows = [
+        (
+            "pytorch (reference)", "", "", "",
+            f"{reference.get('auc', float('nan')):.4f}", f"{reference.get('ndcg@10', float('nan')):.4f}",
+        )
+    ]  # fmt: skip
+    for precision, path in variants.items():
         result = results.get(precision)
         gate = "-" if result is None else ("pass" if result.passed else "FAIL")
         auc = "" if result is None else f"{result.report.get('auc', float('nan')):.4f}"
         ndcg = "" if result is None else f"{result.report.get('ndcg@10', float('nan')):.4f}"
-        rows.append((Path(path).name, f"{Path(path).stat().st_size / 1e6:.1f}", gate, auc, ndcg))
+        rows.append((precision, Path(path).name, f"{Path(path).stat().st_size / 1e6:.1f}", gate, auc, ndcg))
     widths = [max(len(str(row[i])) for row in (header, *rows)) for i in range(len(header))]
     lines = ["  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)) for row in (header, *rows)]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -178,7 +200,7 @@ def data_config_of(checkpoint: Checkpoint, fallback: DataConfig) -> DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class GateOutcome:
-    """The gate's verdicts and the CPU int8 engine chosen from them."""
+    """The gate's verdicts and the CPU int8 variant chosen from them."""
 
     reference: dict[str, float]
     results: dict[str, GateResult]
@@ -189,20 +211,23 @@ class GateOutcome:
         return self.int8_choice["chosen"] if self.int8_choice else "fp32-optimized"
 
 
-def gate_engines(
-    engines: EngineSet, checkpoint: Checkpoint, validation: Sequence, config: ExportConfig, gate: GateConfig
+def gate_variants(
+    variants: VariantSet, checkpoint: Checkpoint, validation: Sequence, config: ExportConfig, gate: GateConfig
 ) -> GateOutcome:
-    """Run the validation gate on every engine, then pick the CPU int8 engine (`choose_int8`)."""
+    """Run the validation gate on every variant, then pick the CPU int8 variant (`choose_int8`).
+
+    Does not raise for a failing variant: call `validate.enforce(outcome.results)`.
+    """
     reference, results = run_gate(
-        engines.paths, checkpoint.model, checkpoint.featurizer, validation, gate, config.batch_size, config.threads
+        variants.paths, checkpoint.model, checkpoint.featurizer, validation, gate, config.batch_size, config.threads
     )
-    int8 = {p: engines.paths[p] for p in INT8 if p in engines.paths}
+    int8 = {p: variants.paths[p] for p in INT8 if p in variants.paths}
     if config.cpu_default:
         choice = {"chosen": config.cpu_default, "rule": "set by --cpu-default", "candidates": {}}
     elif int8:
         batches = encode_batches(validation, checkpoint.featurizer, config.batch_size)[: config.timing_batches]
-        choice = choose_int8(results, time_engines(int8, batches, config.timing_rounds, config.threads))
-        log.info("CPU int8 engine: %s (%s)", choice["chosen"], {p: round(c["seconds"], 3) for p, c in choice["candidates"].items()})
+        choice = choose_int8(results, time_variants(int8, batches, config.timing_rounds, config.threads))
+        log.info("CPU int8 variant: %s (%s)", choice["chosen"], {p: round(c["seconds"], 3) for p, c in choice["candidates"].items()})
     else:
         choice = None
     return GateOutcome(reference, results, choice)
@@ -211,25 +236,22 @@ def gate_engines(
 def bundle_export(
     config: ExportConfig,
     checkpoint: Checkpoint,
-    engines: EngineSet,
+    variants: VariantSet,
     outcome: GateOutcome,
     *,
     evaluation: Mapping[str, Any],
     data_fingerprint: str,
     gate: GateConfig,
-    tensorrt_engines: Sequence[TensorRTEngine] = (),
 ) -> Path:
-    """Write the bundle folder of the gated engines into `<artifacts>/bundles`; returns it."""
+    """Write the bundle folder of the gated variants into `<artifacts>/bundles`; returns it."""
     return build_bundle(
         config.artifacts / "bundles",
-        model_name=config.model_name,
+        name=config.bundle_name,
         version=config.version or sha256_file(config.checkpoint_dir / "model.safetensors")[:12],
-        engines=[EngineArtifact(p, path, outcome.results[p].as_manifest()) for p, path in engines.paths.items()],
-        default_engine={"cpu": outcome.default_cpu, "gpu": "fp16" if "fp16" in engines.paths else "fp32"},
+        models=[cross_encoder_artifacts(checkpoint, variants, outcome, evaluation, data_fingerprint, config, gate)],
         tokenizer_path=config.checkpoint_dir / "tokenizer.json",
         items=checkpoint.items,
         featurizer=checkpoint.featurizer,
-        description=_description(checkpoint, engines, outcome, evaluation, tensorrt_engines, data_fingerprint, config, gate),
     )
 
 
@@ -239,11 +261,10 @@ def export(
     eval_config: EvalConfig = EvalConfig(),
     quantize: QuantizeConfig = QuantizeConfig(),
     gate: GateConfig = GateConfig(),
-    tensorrt: TensorRTConfig = TensorRTConfig(),
     triton: TritonConfig = TritonConfig(),
 ) -> Path:
-    """Run every step; returns the bundle folder. Raises `GateFailed` if an engine fails its gate."""
-    total = 8
+    """Run every step; returns the bundle folder. Raises `GateFailed` if a variant fails its gate."""
+    total = 9
     with _step(1, total, "checkpoint"):
         ensure_checkpoint(config, train_config)
     with _step(2, total, "evaluation on the test split"):
@@ -257,62 +278,63 @@ def export(
         calibration = encode_batches(calibration_baskets, featurizer, quantize.calibration_batch_size)
         calibration = calibration[: max(1, quantize.calibration_pairs // quantize.calibration_batch_size)]
         log.info("%d validation baskets, %d calibration batches", len(validation), len(calibration))
-    export_dir = config.artifacts / "export"
-    with _step(4, total, "ONNX export, fusion, quantization, fp16"):
-        engines = build_engines(
-            checkpoint.model, export_dir / "engines", config.precisions, calibration, featurizer.pad_id, quantize, config.opset
+    with _step(4, total, "variants: ONNX export, fusion, quantization, fp16"):
+        variants = build_variants(
+            checkpoint.model,
+            config.artifacts / "export" / "variants",
+            config.precisions,
+            calibration,
+            featurizer.pad_id,
+            quantize,
+            config.opset,
         )
-    with _step(5, total, "TensorRT engines"):
-        sources = {"fp16": engines.paths.get("fp32"), "int8": engines.paths.get("int8-static")}
-        tensorrt_engines = build_tensorrt_engines({k: v for k, v in sources.items() if v}, export_dir / "tensorrt", tensorrt)
-    with _step(6, total, "validation gate"):
-        outcome = gate_engines(engines, checkpoint, validation, config, gate)
-    print(summary_table(engines.paths, outcome.results, outcome.reference))
+    with _step(5, total, "validation gate"):
+        outcome = gate_variants(variants, checkpoint, validation, config, gate)
+    print(summary_table(variants.paths, outcome.results, outcome.reference))
     enforce(outcome.results)
-    with _step(7, total, "bundle and archive"):
+    with _step(6, total, "bundle folder"):
         root = bundle_export(
-            config,
-            checkpoint,
-            engines,
-            outcome,
-            evaluation=evaluation,
-            data_fingerprint=data.fingerprint,
-            gate=gate,
-            tensorrt_engines=tensorrt_engines,
+            config, checkpoint, variants, outcome, evaluation=evaluation, data_fingerprint=data.fingerprint, gate=gate
         )
+    with _step(7, total, "TensorRT engine cache"):
+        build_engine_cache(root, CROSS_ENCODER.name)
+    with _step(8, total, "archive"):
         archive = pack_bundle(root)
         log.info("bundle %s, archive %s (%.1f MB)", root, archive, archive.stat().st_size / 1e6)
-    with _step(8, total, "Triton model repository"):
-        folder = write_repository(config.artifacts / "triton", config.model_name, engines.paths[outcome.default_cpu], triton)
+    with _step(9, total, "Triton model repository"):
+        folder = write_repository(config.artifacts / "triton", config.bundle_name, variants.paths[outcome.default_cpu], triton)
         log.info("Triton model repository: %s", folder)
     return root
 
 
-def _description(
+# What the cross-encoder's outputs mean, in output order (the names come from its signature).
+OUTPUT_SEMANTICS = (
+    "sigmoid of the purchase logit, inside the graph",
+    "exp of the predicted log quantity (units expected if bought), inside the graph",
+)
+
+
+def cross_encoder_artifacts(
     checkpoint: Checkpoint,
-    engines: EngineSet,
+    variants: VariantSet,
     outcome: GateOutcome,
     evaluation: Mapping[str, Any],
-    tensorrt_engines: Sequence[TensorRTEngine],
     fingerprint: str,
     config: ExportConfig,
     gate: GateConfig,
-) -> dict[str, Any]:
-    """The manifest's descriptive keys (build_bundle adds engines, featurizer, files)."""
+) -> ModelFiles:
+    """The cross-encoder as the bundle holds it: its gated variants, default variants and descriptive keys."""
     info = dict(checkpoint.info)
     if info.get("data_fingerprint") not in (None, fingerprint):
         log.warning("the checkpoint was trained on data %s, validated here on %s", info.get("data_fingerprint"), fingerprint)
-    fp32_size = engines.paths["fp32"].stat().st_size if "fp32" in engines.paths else None
-    return {
-        "inputs": INPUTS,
-        "outputs": OUTPUTS,
-        "output_semantics": {
-            "purchase_probability": "sigmoid of the purchase logit, inside the graph",
-            "expected_quantity": "exp of the predicted log quantity (units expected if bought), inside the graph",
-        },
-        "opset": engines.export.opset,
-        "exporter": engines.export.exporter,
-        "precision": {p: p.split("-")[0] for p in engines.paths},
+    paths = variants.paths
+    fp32_size = paths["fp32"].stat().st_size if "fp32" in paths else None
+    description = {
+        "output_semantics": dict(zip(CROSS_ENCODER.output_names, OUTPUT_SEMANTICS)),
+        "opset": variants.export.opset,
+        "exporter": variants.export.exporter,
+        "precision": {p: p.split("-")[0] for p in paths},
+        "derived_from": {p: SOURCE_OF[p] for p in paths if p in SOURCE_OF},
         "metrics": {
             "training": {**info.get("training", {}), **_train_report_summary(config.checkpoint_dir)},
             "evaluation": {key: evaluation.get(key) for key in ("split", "sizes", "results", "timings")},
@@ -323,23 +345,24 @@ def _description(
         "gate": {"bounds": gate, "passed": all(r.passed for r in outcome.results.values())},
         "data_fingerprint": info.get("data_fingerprint", fingerprint),
         "fusions": {
-            "fused": engines.optimize.fused,
+            "fused": variants.optimize.fused,
             "expected": expected_fusions(checkpoint.model.config.num_hidden_layers),
-            "nodes_before": engines.optimize.nodes_before,
-            "nodes_after": engines.optimize.nodes_after,
-            "findings": list(engines.optimize.findings),
+            "nodes_before": variants.optimize.nodes_before,
+            "nodes_after": variants.optimize.nodes_after,
+            "findings": list(variants.optimize.findings),
         },
         "int8_choice": outcome.int8_choice,
-        "sizes_mb": {p: round(path.stat().st_size / 1e6, 2) for p, path in engines.paths.items()},
-        "int8_size_ratio": {
-            p: round(engines.paths[p].stat().st_size / fp32_size, 4) for p in INT8 if p in engines.paths and fp32_size
-        },
-        "tensorrt": {
-            "verified": False,
-            "engines": [dataclasses.asdict(e) for e in tensorrt_engines],
-            "note": "built by ONNX Runtime's TensorRT provider on GPU boxes only; never run on the build machines",
-        },
+        "sizes_mb": {p: round(path.stat().st_size / 1e6, 2) for p, path in paths.items()},
+        "int8_size_ratio": {p: round(paths[p].stat().st_size / fp32_size, 4) for p in INT8 if p in paths and fp32_size},
     }
+    return ModelFiles(
+        name=CROSS_ENCODER.name,
+        signature=CROSS_ENCODER,
+        variants=dict(paths),
+        default_variant={"cpu": outcome.default_cpu, "gpu": "fp16" if "fp16" in paths else "fp32"},
+        gates={p: outcome.results[p].as_manifest() for p in paths},
+        info=description,
+    )
 
 
 def _train_report_summary(checkpoint_dir: Path) -> dict[str, Any]:
@@ -352,7 +375,7 @@ def _train_report_summary(checkpoint_dir: Path) -> dict[str, Any]:
 
 
 # -- command line --------------------------------------------------------------
-SECTIONS = (("", ExportConfig), ("quant_", QuantizeConfig), ("gate_", GateConfig), ("trt_", TensorRTConfig), ("triton_", TritonConfig))
+SECTIONS = (("", ExportConfig), ("quant_", QuantizeConfig), ("gate_", GateConfig), ("triton_", TritonConfig))
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -363,9 +386,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("edgerec").setLevel(logging.INFO)  # our steps; libraries stay at WARNING
-    config, quantize, gate, tensorrt, triton = (from_arguments(cls, args, prefix) for prefix, cls in SECTIONS)
+    config, quantize, gate, triton = (from_arguments(cls, args, prefix) for prefix, cls in SECTIONS)
     try:
-        root = export(config, TrainConfig(), EvalConfig(), quantize, gate, tensorrt, triton)
+        root = export(config, TrainConfig(), EvalConfig(), quantize, gate, triton)
     except GateFailed as exc:
         print(f"edgerec export: {exc}", file=sys.stderr)
         return 1

@@ -1,4 +1,4 @@
-"""Writes the lower-precision engines: int8 dynamic, int8 static (QDQ) and fp16.
+"""Writes the lower-precision variants: int8 dynamic, int8 static (QDQ) and fp16.
 
 - int8 dynamic (`quantize_dynamic`): weights int8 per output channel,
   activations quantized on the fly. It also quantizes the fused Attention and
@@ -14,7 +14,9 @@
   the operator types in `static_op_types` are quantized: quantizing every op
   (the default) broke predictions on this model (FACTS.md).
 - fp16 (`onnxruntime.transformers.float16`): float weights and compute in
-  half precision with float32 inputs/outputs kept, for GPUs.
+  half precision with float32 inputs/outputs kept, for GPUs. It is converted
+  from the plain (unfused) export, a graph of standard ONNX operators that
+  TensorRT can run.
 """
 
 from __future__ import annotations
@@ -30,8 +32,8 @@ from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantTy
 from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 from onnxruntime.transformers.float16 import convert_float_to_float16
 
-from edgerec.runtime.featurize import EncodedBatch
-from edgerec.settings import setting
+from edgerec.core.featurize import EncodedBatch
+from edgerec.core.settings import setting
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +43,7 @@ _FUSED_GRAPH_OPTIONS = {"DefaultTensorType": onnx.TensorProto.FLOAT}
 
 @dataclasses.dataclass(frozen=True)
 class QuantizeConfig:
-    """How the int8 engines are quantized."""
+    """How the int8 variants are quantized."""
 
     per_channel: bool = setting(True, "int8 weights get one scale per output channel (more accurate than per tensor)")
     reduce_range: bool = setting(False, "quantize weights to 7 bits (helps CPUs without VNNI, costs accuracy)")
@@ -63,7 +65,7 @@ class QuantizeConfig:
 
 
 def quantize_int8_dynamic(source: Path, target: Path, config: QuantizeConfig = QuantizeConfig()) -> Path:
-    """Write the int8 dynamic engine for `source` (an optimized fp32 graph) to `target`."""
+    """Write the int8 dynamic variant of `source` (an optimized fp32 graph) to `target`."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     quantize_dynamic(
@@ -81,16 +83,17 @@ def quantize_int8_dynamic(source: Path, target: Path, config: QuantizeConfig = Q
 
 
 def pad_batch(batch: EncodedBatch, length: int, pad_id: int) -> dict[str, np.ndarray]:
-    """Feeds for `batch` padded on the right to exactly `length` tokens."""
+    """Feeds for `batch` padded on the right to exactly `length` tokens (ValueError if it is wider)."""
     width = batch.input_ids.shape[1]
     if width > length:
         raise ValueError(f"batch is {width} tokens wide, longer than the calibration length {length}")
     extra = ((0, 0), (0, length - width))
-    return {
-        "input_ids": np.pad(batch.input_ids, extra, constant_values=pad_id),
-        "attention_mask": np.pad(batch.attention_mask, extra, constant_values=0),
-        "token_type_ids": np.pad(batch.token_type_ids, extra, constant_values=0),
-    }
+    padded = EncodedBatch(
+        np.pad(batch.input_ids, extra, constant_values=pad_id),
+        np.pad(batch.attention_mask, extra, constant_values=0),
+        np.pad(batch.token_type_ids, extra, constant_values=0),
+    )
+    return padded.as_feeds()
 
 
 class FeedsReader(CalibrationDataReader):
@@ -115,7 +118,7 @@ def quantize_int8_static(
     calibration: Iterable[dict[str, np.ndarray]],
     config: QuantizeConfig = QuantizeConfig(),
 ) -> Path:
-    """Write the int8 static QDQ engine for `source`, calibrated on `calibration` feeds of one shape."""
+    """Write the int8 static QDQ variant of `source`, calibrated on `calibration` feeds of one shape."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     typed = SymbolicShapeInference.infer_shapes(onnx.load(str(source)), auto_merge=True)
@@ -137,7 +140,7 @@ def quantize_int8_static(
 
 
 def convert_fp16(source: Path, target: Path) -> Path:
-    """Write the fp16 engine for `source`; inputs and outputs keep their int64/float32 types."""
+    """Write the fp16 variant of `source` (the plain fp32 export); inputs and outputs keep their int64/float32 types."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     model = convert_float_to_float16(onnx.load(str(source)), keep_io_types=True)

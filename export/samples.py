@@ -45,7 +45,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from edgerec.export.data import DataConfig, item_texts, load_clean
-from edgerec.settings import dump_json, to_jsonable
+from edgerec.core.settings import dump_json, to_jsonable
 
 SPLITS = ("train", "valid", "test")
 FORMAT_VERSION = 2

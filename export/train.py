@@ -52,15 +52,8 @@ from edgerec.export.model import (
     tiny_config,
 )
 from edgerec.export.samples import Basket, PreparedData, prepare
-from edgerec.runtime.featurize import Featurizer, FeaturizerConfig
-from edgerec.settings import add_arguments, dump_json, from_arguments, setting, to_jsonable
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainFeaturizerConfig(FeaturizerConfig):
-    """Model input settings (saved in the checkpoint, so serving builds inputs the same way)."""
-
-    max_item_tokens: int = setting(16, "tokens kept of one item's text (the longest title in the shop data has 13)")
+from edgerec.core.featurize import Featurizer, FeaturizerConfig
+from edgerec.core.settings import add_arguments, dump_json, from_arguments, setting, to_jsonable
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,7 +62,7 @@ class TrainConfig:
 
     data: DataConfig = setting(DataConfig(), "data and candidate settings", cli=False)
     featurizer: FeaturizerConfig = setting(
-        FeaturizerConfig(**to_jsonable(TrainFeaturizerConfig())), "model input settings", cli=False
+        FeaturizerConfig(), "model input settings (saved in the checkpoint and bundle)", cli=False
     )
     output_dir: Path = setting(Path("artifacts/checkpoint"), "where the checkpoint and training report are written")
     data_dir: Path = setting(Path("artifacts/data"), "cache of the prepared samples (keyed by data fingerprint)")
@@ -102,7 +95,7 @@ class TrainConfig:
 def configure(parser: argparse.ArgumentParser) -> None:
     add_arguments(parser, TrainConfig)
     add_arguments(parser, DataConfig)
-    add_arguments(parser, TrainFeaturizerConfig)
+    add_arguments(parser, FeaturizerConfig)
 
 
 def config_from_arguments(args: argparse.Namespace) -> TrainConfig:

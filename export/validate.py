@@ -1,17 +1,20 @@
-"""The validation gate: every engine is checked against the PyTorch model before it is bundled.
+"""The validation gate: every variant is checked against the PyTorch model before it is bundled.
 
-Each engine scores the same held-out validation baskets as the PyTorch model
+Each variant scores the same held-out validation baskets as the PyTorch model
 (`edgerec.export.evaluate.score_baskets`, so pairs are built exactly as in
-training and serving). Per engine, two kinds of checks:
+training and serving), in an ONNX Runtime session made by
+`edgerec.core.sessions.create_session` with the server's settings (spinning
+threads, no memory arena, one inter-op thread), so what is gated and timed
+is what the server runs. Per variant, two kinds of checks:
 - parity: the largest absolute difference of `purchase_probability` and the
   largest relative difference of `expected_quantity` (quantities span orders
   of magnitude, so they are compared relative to PyTorch's value);
 - quality: the relative drop of AUC and NDCG@10 versus the PyTorch model,
-  `(torch - engine) / torch`. Only a drop counts against an engine: a gain
+  `(torch - variant) / torch`. Only a drop counts against a variant: a gain
   is recorded but never fails it.
 
 Bounds depend on the precision family (fp32, fp16, int8) and are settings.
-An engine over any bound raises `GateFailed`, whose message names the
+A variant over any bound raises `GateFailed`, whose message names the
 artifact, the metric, the value and the bound; nothing is bundled then.
 """
 
@@ -24,12 +27,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 
+from edgerec.core.featurize import EncodedBatch, Featurizer
+from edgerec.core.sessions import SessionConfig, create_session
+from edgerec.core.settings import setting
+from edgerec.core.signatures import CROSS_ENCODER
 from edgerec.export.evaluate import ranking_report, score_baskets, torch_scorer
-from edgerec.export.model import OUTPUT_NAMES, CrossEncoderRecommender
-from edgerec.runtime.featurize import EncodedBatch, Featurizer
-from edgerec.settings import setting
+from edgerec.export.model import CrossEncoderRecommender
 
 log = logging.getLogger(__name__)
 
@@ -39,21 +43,21 @@ GATED_SLICE = "all"  # ranking_report's slice the gate compares: every candidate
 
 @dataclasses.dataclass(frozen=True)
 class GateConfig:
-    """Bounds every engine must meet against the PyTorch model on validation baskets."""
+    """Bounds every variant must meet against the PyTorch model on validation baskets."""
 
-    fp32_max_abs_diff: float = setting(1e-4, "fp32 engines: largest |probability difference| (and relative quantity difference)")
-    fp32_max_metric_drop: float = setting(1e-3, "fp32 engines: largest relative drop of AUC and of NDCG@10")
-    fp16_max_abs_diff: float = setting(1e-2, "fp16 engines: largest |probability difference| (and relative quantity difference)")
-    fp16_max_metric_drop: float = setting(5e-3, "fp16 engines: largest relative drop of AUC and of NDCG@10")
+    fp32_max_abs_diff: float = setting(1e-4, "fp32 variants: largest |probability difference| (and relative quantity difference)")
+    fp32_max_metric_drop: float = setting(1e-3, "fp32 variants: largest relative drop of AUC and of NDCG@10")
+    fp16_max_abs_diff: float = setting(1e-2, "fp16 variants: largest |probability difference| (and relative quantity difference)")
+    fp16_max_metric_drop: float = setting(5e-3, "fp16 variants: largest relative drop of AUC and of NDCG@10")
     int8_max_abs_diff: float = setting(
         0.25,
-        "int8 engines: largest |probability difference| (and relative quantity difference); a sanity bound "
+        "int8 variants: largest |probability difference| (and relative quantity difference); a sanity bound "
         "(int8 moves single logits by up to ~0.5): the metric drops below are int8's quality gate",
     )
-    int8_max_metric_drop: float = setting(5e-3, "int8 engines: largest relative drop of AUC and of NDCG@10 (0.5%)")
+    int8_max_metric_drop: float = setting(5e-3, "int8 variants: largest relative drop of AUC and of NDCG@10 (0.5%)")
 
     def bounds(self, precision: str) -> tuple[float, float]:
-        """(max abs diff, max relative metric drop) for an engine of `precision`."""
+        """(max abs diff, max relative metric drop) for a variant of `precision`."""
         family = precision.split("-")[0]
         if family not in ("fp32", "fp16", "int8"):
             raise ValueError(f"no gate bounds for precision {precision!r}")
@@ -75,7 +79,7 @@ class Check:
 
 @dataclasses.dataclass(frozen=True)
 class GateResult:
-    """The gate's verdict on one engine, with its own ranking metrics."""
+    """The gate's verdict on one variant, with its own ranking metrics."""
 
     artifact: str
     precision: str
@@ -92,7 +96,7 @@ class GateResult:
         ]
 
     def as_manifest(self) -> dict[str, Any]:
-        """The engine's `gate` entry in the bundle manifest."""
+        """The variant's `gate` entry in the bundle manifest."""
         return {
             "passed": self.passed,
             "checks": [{"metric": c.metric, "value": c.value, "bound": c.bound, "passed": c.passed} for c in self.checks],
@@ -101,7 +105,7 @@ class GateResult:
 
 
 class GateFailed(Exception):
-    """At least one engine is over a gate bound; the message lists each failing check."""
+    """At least one variant is over a gate bound; the message lists each failing check."""
 
     def __init__(self, results: Sequence[GateResult]) -> None:
         self.results = list(results)
@@ -109,18 +113,25 @@ class GateFailed(Exception):
         super().__init__("validation gate failed:\n  " + "\n  ".join(lines))
 
 
+def cpu_session_config(threads: int = 0) -> SessionConfig:
+    """The server's CPU session settings (`SessionConfig` defaults) with `threads` intra-op threads (0: one per core)."""
+    return SessionConfig(providers=("cpu",), intra_op_threads=threads)
+
+
 class OnnxScorer:
-    """Scores encoded batches with one ONNX engine on ONNX Runtime's CPU provider."""
+    """Scores encoded batches with one ONNX variant of the cross-encoder, in a session configured like the server's.
+
+    Raises EdgeRecError FAILED_PRECONDITION if the file does not load.
+    """
 
     def __init__(self, path: Path, threads: int = 0) -> None:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.log_severity_level = 3
         self.path = Path(path)
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.session = create_session(self.path, cpu_session_config(threads), CROSS_ENCODER).session
+        self._outputs = list(CROSS_ENCODER.output_names)
 
     def __call__(self, batch: EncodedBatch) -> tuple[np.ndarray, np.ndarray]:
-        probabilities, quantities = self.session.run(list(OUTPUT_NAMES), batch.as_feeds())
+        """(purchase_probability, expected_quantity), float32 of shape [batch]."""
+        probabilities, quantities = self.session.run(self._outputs, batch.as_feeds())
         return probabilities, quantities
 
 
@@ -137,7 +148,7 @@ def judge(
     reference_report: Mapping[str, float],
     config: GateConfig,
 ) -> GateResult:
-    """Compare one engine's validation outputs and metrics (one slice of `ranking_report`) with PyTorch's."""
+    """Compare one variant's validation outputs and metrics (one slice of `ranking_report`) with PyTorch's."""
     max_diff, max_drop = config.bounds(precision)
     probabilities, quantities = outputs
     ref_probabilities, ref_quantities = reference
@@ -162,7 +173,7 @@ def _numbers(report: Mapping[str, Any]) -> dict[str, float]:
 
 
 def run_gate(
-    engines: Mapping[str, Path],
+    variants: Mapping[str, Path],
     model: CrossEncoderRecommender,
     featurizer: Featurizer,
     baskets: Sequence,
@@ -171,7 +182,7 @@ def run_gate(
     threads: int = 0,
     progress: bool = True,
 ) -> tuple[dict[str, float], dict[str, GateResult]]:
-    """Score `baskets` with PyTorch and every engine; returns (PyTorch report, results by precision).
+    """Score `baskets` with PyTorch and every variant ({precision: file}); returns (PyTorch report, results by precision).
 
     Does not raise: call `enforce` on the results (the pipeline prints its table first).
     """
@@ -181,7 +192,7 @@ def run_gate(
     reference = score_baskets(baskets, featurizer, torch_scorer(model), batch_size, progress)
     reference_report = _numbers(ranking_report(baskets, *reference)[GATED_SLICE])
     results = {}
-    for precision, path in engines.items():
+    for precision, path in variants.items():
         outputs = score_baskets(baskets, featurizer, OnnxScorer(path, threads), batch_size, progress)
         report = _numbers(ranking_report(baskets, *outputs)[GATED_SLICE])
         results[precision] = judge(Path(path).name, precision, outputs, reference, report, reference_report, config)
@@ -191,7 +202,7 @@ def run_gate(
 
 
 def enforce(results: Mapping[str, GateResult]) -> None:
-    """Raise `GateFailed` if any engine failed its gate."""
+    """Raise `GateFailed` if any variant failed its gate."""
     failed = [result for result in results.values() if not result.passed]
     if failed:
         raise GateFailed(failed)

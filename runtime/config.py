@@ -1,6 +1,6 @@
 """The server's one typed configuration: every serving default lives here.
 
-Three frozen dataclasses, one per layer (transport, batcher, engine), each
+Three frozen dataclasses, one per layer (transport, batcher, backend), each
 field documented with its default. A setting is read from, in rising order
 of precedence: the defaults below, a TOML or JSON file (`--config`, with
 sections `[server]`, `[batcher]`, `[backend]`), environment variables
@@ -20,7 +20,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from edgerec.settings import add_arguments, from_arguments, setting
+from edgerec.core.bundle import TRT_CACHE
+from edgerec.core.sessions import PROVIDER_NAMES, SessionConfig, TensorRTProfile
+from edgerec.core.settings import add_arguments, from_arguments, setting
 
 try:
     import tomllib
@@ -29,11 +31,6 @@ except ImportError:  # Python 3.10: JSON config files only
 
 ENV_PREFIX = "EDGEREC_"
 CONFIG_ENV = ENV_PREFIX + "CONFIG"
-PROVIDER_NAMES = {
-    "tensorrt": "TensorrtExecutionProvider",
-    "cuda": "CUDAExecutionProvider",
-    "cpu": "CPUExecutionProvider",
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,11 +57,11 @@ class ServerConfig:
 
 @dataclasses.dataclass(frozen=True)
 class BatcherConfig:
-    """Dynamic batching: how requests are merged into engine batches, and the admission bound."""
+    """Dynamic batching: how requests are merged into batches, and the admission bound."""
 
-    max_batch_size: int = setting(32, "most pairs in one engine batch; 1 turns batching off")
+    max_batch_size: int = setting(32, "most pairs in one batch; 1 turns batching off")
     max_batch_tokens: int = setting(4096, "token budget of one batch: pairs x longest pair (padding included)")
-    max_queue_delay_ms: float = setting(2.0, "longest an idle engine waits for a batch to fill before running a partial one")
+    max_queue_delay_ms: float = setting(2.0, "longest an idle worker waits for a batch to fill before running a partial one")
     max_queue_pairs: int = setting(8192, "admission bound: pairs admitted and not yet scored; beyond it RESOURCE_EXHAUSTED")
     max_queue_requests: int = setting(1024, "admission bound: requests admitted and not yet answered")
     length_bucket_width: int = setting(16, "pairs are grouped by length in buckets this many tokens wide; 0: no grouping")
@@ -72,12 +69,12 @@ class BatcherConfig:
 
 @dataclasses.dataclass(frozen=True)
 class BackendConfig:
-    """The ONNX Runtime engine: providers, precision, threads and warm-up."""
+    """The ONNX Runtime backend of every served model: providers, variant precision, threads and warm-up."""
 
     providers: tuple[str, ...] = setting(
         ("tensorrt", "cuda", "cpu"), "execution providers to try, in order (tensorrt, cuda, cpu)"
     )
-    precision: str | None = setting(None, "engine precision to load; default: the bundle's default for the device")
+    precision: str | None = setting(None, "variant precision to load; default: each model's default variant for the device")
     intra_op_threads: int = setting(0, "threads inside one operator; 0: one per physical core")
     inter_op_threads: int = setting(1, "threads running independent operators in parallel")
     spin_wait: bool = setting(True, "let ONNX Runtime's threads spin between operators (faster, burns idle CPU)")
@@ -88,6 +85,25 @@ class BackendConfig:
     )
     warm_up: bool = setting(True, "run a few batches of each size class before reporting SERVING")
     trt_cache_dir: Path | None = setting(None, "TensorRT engine cache folder; default: <bundle>/.trt-cache")
+
+    def session_config(self, bundle_root: Path, max_batch: int, max_sequence: int) -> SessionConfig:
+        """The ONNX Runtime session settings of a served model (`edgerec.core.sessions`).
+
+        The TensorRT profile covers what the server can send: batches up to
+        `max_batch` (the batcher's `max_batch_size`) of pairs up to
+        `max_sequence` tokens (the featurizer's `max_length`), the same
+        profile the export builds its engine cache with. The engine cache is
+        `trt_cache_dir`, else `<bundle_root>/.trt-cache` (where the export built it).
+        """
+        return SessionConfig(
+            providers=self.providers,
+            intra_op_threads=self.intra_op_threads,
+            inter_op_threads=self.inter_op_threads,
+            spin_wait=self.spin_wait,
+            cpu_memory_arena=self.cpu_memory_arena,
+            trt_cache_dir=Path(self.trt_cache_dir or Path(bundle_root) / TRT_CACHE),
+            trt_profile=TensorRTProfile.for_serving(max_batch, max_sequence),
+        )
 
 
 @dataclasses.dataclass(frozen=True)

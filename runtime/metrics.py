@@ -3,9 +3,12 @@
 Each server owns a private registry, so several servers (tests, benchmarks)
 can live in one process. Histograms use explicit buckets chosen for a CPU
 cross-encoder: milliseconds to seconds for times, powers of two for sizes.
+Batch metrics count the batches of every model of the served version together.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
@@ -33,15 +36,15 @@ class Metrics:
             "edgerec_queue_seconds", "time from admission to a request's first batch", buckets=TIME_BUCKETS, registry=r
         )
         self.compute_seconds = Histogram(
-            "edgerec_compute_seconds", "engine time of one batch", buckets=TIME_BUCKETS, registry=r
+            "edgerec_compute_seconds", "backend time of one batch", buckets=TIME_BUCKETS, registry=r
         )
         self.batch_size = Histogram(
-            "edgerec_batch_size_pairs", "pairs in one engine batch", buckets=BATCH_SIZE_BUCKETS, registry=r
+            "edgerec_batch_size_pairs", "pairs in one batch", buckets=BATCH_SIZE_BUCKETS, registry=r
         )
         self.padding_ratio = Histogram(
             "edgerec_batch_padding_ratio", "share of a batch's tokens that are padding", buckets=PADDING_BUCKETS, registry=r
         )
-        self.pairs = Counter("edgerec_pairs_scored", "pairs run through the engine", registry=r)
+        self.pairs = Counter("edgerec_pairs_scored", "pairs run through a backend", registry=r)
         self.queue_depth = Gauge("edgerec_queue_depth_pairs", "pairs waiting for a batch", registry=r)
         self.queue_requests = Gauge("edgerec_queue_requests", "requests admitted and not yet answered", registry=r)
         self.dropped_requests = Counter(
@@ -53,10 +56,13 @@ class Metrics:
         self.dropped_pairs = Counter(
             "edgerec_dropped_pairs", "pairs dropped before they cost compute, by reason", ["reason"], registry=r
         )
-        self.batch_failures = Counter("edgerec_batch_failures", "engine batches that raised", registry=r)
+        self.batch_failures = Counter("edgerec_batch_failures", "batches whose backend raised", registry=r)
         self.reloads = Counter("edgerec_bundle_reloads", "bundle hot reloads, by result", ["result"], registry=r)
         self.model_info = Gauge(
-            "edgerec_model_info", "the bundle being served (value 1)", ["model_name", "version", "precision", "provider"], registry=r
+            "edgerec_model_info",
+            "the model version being served (value 1): one series per model, with its variant and provider",
+            ["model_name", "version", "model", "precision", "provider"],
+            registry=r,
         )
 
     # -- hooks used by the batcher ------------------------------------------
@@ -77,9 +83,12 @@ class Metrics:
             self.failures.labels(method, code).inc()
         self.request_seconds.labels(method).observe(seconds)
 
-    def set_model(self, model_name: str, version: str, precision: str, provider: str) -> None:
+    def set_model(self, model_name: str, version: str, models: Mapping[str, tuple[str, str]]) -> None:
+        """The served version: bundle `model_name` and `version`, and for each model its
+        (variant precision, provider); replaces what was set before."""
         self.model_info.clear()
-        self.model_info.labels(model_name, version, precision, provider).set(1)
+        for model, (precision, provider) in models.items():
+            self.model_info.labels(model_name, version, model, precision, provider).set(1)
 
     def value(self, name: str, **labels: str) -> float:
         """A sample's current value (0 if never set); for tests and health reports."""

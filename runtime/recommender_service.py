@@ -1,8 +1,9 @@
-"""gRPC transport of the domain API `edgerec.v1.Recommender`: protobuf in, engine call, protobuf out.
+"""gRPC transport of the domain API `edgerec.v1.Recommender`: protobuf in, pipeline call, protobuf out.
 
 Nothing else happens here: validation, featurization and batching are the
-engine's; statuses and metrics are `runtime.status`'s. Protobuf messages are
-handed to the engine as they are (they have `item_id`, `text`, `count`).
+request pipeline's (`runtime.pipeline`); statuses and metrics are
+`runtime.status`'s. Protobuf messages are handed to the pipeline as they are
+(they have `item_id`, `text`, `count`).
 """
 
 from __future__ import annotations
@@ -13,15 +14,15 @@ import grpc
 
 from edgerec.proto import recommender_pb2, recommender_pb2_grpc
 from edgerec.runtime.metrics import Metrics
-from edgerec.runtime.scoring import Engine
+from edgerec.runtime.model_version import ModelVersion
 from edgerec.runtime.status import rpc
 
 SERVICE = recommender_pb2.DESCRIPTOR.services_by_name["Recommender"]
 
 
 class RecommenderService(recommender_pb2_grpc.RecommenderServicer):
-    def __init__(self, current_engine: Callable[[], Engine], metrics: Metrics, max_response_bytes: int) -> None:
-        self._engine = current_engine
+    def __init__(self, current: Callable[[], ModelVersion], metrics: Metrics, max_response_bytes: int) -> None:
+        self._current = current
         self.metrics = metrics
         self.max_response_bytes = max_response_bytes
 
@@ -29,7 +30,7 @@ class RecommenderService(recommender_pb2_grpc.RecommenderServicer):
     async def Score(
         self, request: recommender_pb2.ScoreRequest, context: grpc.aio.ServicerContext
     ) -> recommender_pb2.ScoreResponse:
-        scores = await self._engine().score(request.context, request.candidates, context.time_remaining())
+        scores = await self._current().pipeline.score(request.context, request.candidates, context.time_remaining())
         response = recommender_pb2.ScoreResponse(model_name=scores.model_name, model_version=scores.model_version)
         response.purchase_probability.extend(scores.purchase_probability.tolist())
         response.expected_quantity.extend(scores.expected_quantity.tolist())
@@ -39,7 +40,7 @@ class RecommenderService(recommender_pb2_grpc.RecommenderServicer):
     async def Rank(
         self, request: recommender_pb2.RankRequest, context: grpc.aio.ServicerContext
     ) -> recommender_pb2.RankResponse:
-        order, scores = await self._engine().rank(
+        order, scores = await self._current().pipeline.rank(
             request.context, request.candidates, request.k, context.time_remaining()
         )
         probabilities, quantities = scores.purchase_probability, scores.expected_quantity

@@ -2,8 +2,8 @@
 
 One grpc.aio server carries the domain API (`edgerec.v1.Recommender`), the
 KServe v2 protocol (`inference.GRPCInferenceService`), the standard health
-service (SERVING once the engine is loaded and warm, NOT_SERVING while
-draining) and server reflection; Prometheus metrics are served over HTTP
+service (SERVING once the model version is loaded and warm, NOT_SERVING
+while draining) and server reflection; Prometheus metrics are served over HTTP
 beside it. It binds 127.0.0.1 unless told otherwise and bounds message sizes.
 
 Operations:
@@ -11,7 +11,7 @@ Operations:
   `drain_timeout_s`), exit 0.
 - SIGHUP (or `Server.reload`): load, verify and warm up the bundle at
   `--bundle` again (a `latest` symlink is followed anew) or at a given path,
-  then swap it in atomically; the old engine finishes what it admitted. A
+  then swap it in atomically; the old version finishes what it admitted. A
   bundle that fails to load is logged and counted, and the old one keeps
   serving.
 
@@ -39,30 +39,30 @@ from grpc_reflection.v1alpha import reflection
 from edgerec.runtime import kserve_service, recommender_service
 from edgerec.runtime.auth import BearerTokenInterceptor, server_credentials
 from edgerec.runtime.config import Config, add_config_arguments, load_config
-from edgerec.runtime.errors import EdgeRecError, ErrorCode
+from edgerec.core.errors import EdgeRecError, ErrorCode
 from edgerec.runtime.metrics import Metrics, serve_metrics
-from edgerec.runtime.scoring import Engine
+from edgerec.runtime.model_version import ModelVersion
 from edgerec.runtime.status import add_servicer
 
 log = logging.getLogger(__name__)
 
 SERVED_SERVICES = (recommender_service.SERVICE.full_name, kserve_service.SERVICE.full_name)
-# After each batch the engine thread needs the GIL back from a busy event loop; at Python's
-# default switch interval (5 ms) the engine could sit idle that long between batches.
+# After each batch the worker thread needs the GIL back from a busy event loop; at Python's
+# default switch interval (5 ms) the worker could sit idle that long between batches.
 GIL_SWITCH_INTERVAL_S = 0.001
 # On shutdown, how long answered calls may take to send their responses before open streams are cut.
 RESPONSE_FLUSH_S = 1.0
 
 
 class Server:
-    """The running server: gRPC services, the current engine, metrics and health."""
+    """The running server: gRPC services, the current model version, metrics and health."""
 
     def __init__(self, config: Config) -> None:
         self.config = config.validate()
         self.metrics = Metrics()
         self.port: int | None = None
         self.metrics_port: int | None = None
-        self._engine: Engine | None = None
+        self._current: ModelVersion | None = None
         self._draining = False
         self._grpc: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
@@ -70,13 +70,14 @@ class Server:
         self._reload_lock: asyncio.Lock | None = None
 
     # -- what the services see ------------------------------------------------
-    def engine(self) -> Engine:
-        if self._engine is None:
+    def model_version(self) -> ModelVersion:
+        """The model version serving now; UNAVAILABLE before the first one is loaded."""
+        if self._current is None:
             raise EdgeRecError(ErrorCode.UNAVAILABLE, "no model is loaded yet")
-        return self._engine
+        return self._current
 
     def ready(self) -> bool:
-        return self._engine is not None and not self._draining and self._engine.ready
+        return self._current is not None and not self._draining and self._current.ready
 
     # -- lifecycle ----------------------------------------------------------------
     async def start(self) -> "Server":
@@ -85,7 +86,7 @@ class Server:
             raise ValueError("no bundle to serve: pass --bundle PATH (a bundle folder or .tar.gz)")
         self._reload_lock = asyncio.Lock()
         sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_INTERVAL_S))
-        self._engine = await self._load(settings.bundle)
+        self._current = await self._load(settings.bundle)
         try:
             await self._serve(settings)
         except BaseException:
@@ -107,12 +108,12 @@ class Server:
         limit = settings.max_message_bytes
         add_servicer(
             self._grpc,
-            recommender_service.RecommenderService(self.engine, self.metrics, limit),
+            recommender_service.RecommenderService(self.model_version, self.metrics, limit),
             recommender_service.SERVICE,
         )
         add_servicer(
             self._grpc,
-            kserve_service.KServeService(self.engine, self.ready, self.metrics, limit),
+            kserve_service.KServeService(self.model_version, self.ready, self.metrics, limit),
             kserve_service.SERVICE,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
@@ -129,8 +130,8 @@ class Server:
             _write_port_file(settings.port_file, {"grpc_port": self.port, "metrics_port": self.metrics_port, "pid": os.getpid()})
         log.info(
             "serving %s %s on %s:%d%s%s; metrics on %s",
-            self._engine.model_name,
-            self._engine.version,
+            self._current.name,
+            self._current.version,
             settings.host,
             self.port,
             " (TLS" + (", client certificates required)" if settings.tls_client_ca else ")") if settings.tls_cert else "",
@@ -149,11 +150,11 @@ class Server:
         except RuntimeError as exc:  # grpc raises RuntimeError when it cannot bind
             raise OSError(f"cannot listen on {address}: {exc}") from exc
 
-    async def _load(self, path: Path) -> Engine:
-        engine = await asyncio.to_thread(Engine.load, Path(path), self.config, self.metrics)
-        await engine.start()
-        self.metrics.set_model(engine.model_name, engine.version, engine.backend.entry.precision, engine.backend.provider)
-        return engine
+    async def _load(self, path: Path) -> ModelVersion:
+        loaded = await asyncio.to_thread(ModelVersion.load, Path(path), self.config, self.metrics)
+        await loaded.start()
+        self.metrics.set_model(loaded.name, loaded.version, loaded.variants())
+        return loaded
 
     async def reload(self, path: Path | None = None) -> bool:
         """Load a bundle (default: the configured path again) and swap it in; False leaves the old one serving."""
@@ -165,19 +166,19 @@ class Server:
                 new = await self._load(path)
             except Exception as exc:
                 self.metrics.reloads.labels("failed").inc()
-                old = self._engine
+                old = self._current
                 log.error(
                     "reload of %s failed; still serving %s %s: %s",
-                    path, old.model_name, old.version, exc,
+                    path, old.name, old.version, exc,
                     exc_info=not isinstance(exc, EdgeRecError),  # an unexpected failure gets its traceback
                 )
                 return False
             if self._draining:  # the server began to stop while the new bundle loaded
                 await new.retire(0)
                 return False
-            old, self._engine = self._engine, new
+            old, self._current = self._current, new
             self.metrics.reloads.labels("ok").inc()
-            log.info("reloaded: now serving %s %s (was %s %s)", new.model_name, new.version, old.model_name, old.version)
+            log.info("reloaded: now serving %s %s (was %s %s)", new.name, new.version, old.name, old.version)
             await old.retire(self.config.server.drain_timeout_s)
             return True
 
@@ -188,13 +189,13 @@ class Server:
         await self._health.enter_graceful_shutdown()  # health watchers see NOT_SERVING
         finished = True
         stopping = asyncio.create_task(self._grpc.stop(grace)) if self._grpc is not None else None
-        if self._engine is not None:
+        if self._current is not None:
             log.info(
                 "draining: no new requests; finishing %d admitted request(s) (up to %.0f s)",
-                self._engine.batcher.admitted_requests,
+                self._current.admitted_requests,
                 grace,
             )
-            finished = await self._engine.retire(grace)  # every admitted request is scored
+            finished = await self._current.retire(grace)  # every admitted request is scored
         if stopping is not None:
             # Answered calls get a moment to send their responses; open streams (health Watch,
             # reflection) would otherwise hold the whole grace period, so they are then cut.

@@ -27,7 +27,7 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError
 
-from edgerec.runtime.errors import EdgeRecError, ErrorCode, invalid
+from edgerec.core.errors import EdgeRecError, ErrorCode, invalid
 from edgerec.runtime.metrics import Metrics
 
 log = logging.getLogger(__name__)

@@ -10,14 +10,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
+from edgerec.core.bundle import open_bundle, write_manifest
+from edgerec.core.featurize import ContextEntry, Featurizer, FeaturizerConfig, item_key
+from edgerec.core.sessions import create_session
+from edgerec.core.settings import from_jsonable
+from edgerec.core.signatures import CROSS_ENCODER
 from edgerec.proto import recommender_pb2
-from edgerec.runtime.bundle import open_bundle, write_manifest
 from edgerec.runtime.config import FIELD_SECTION, Config
-from edgerec.runtime.featurize import ContextEntry, Featurizer, FeaturizerConfig
 from edgerec.runtime.recommender_service import build_score_request as score_request
-from edgerec.settings import from_jsonable
 
 
 def make_config(bundle: Path, **settings) -> Config:
@@ -39,35 +40,33 @@ def catalog_ids(bundle: Path) -> list[str]:
 
 def featurizer_of(bundle: Path) -> Featurizer:
     opened = open_bundle(bundle)
-    config = from_jsonable(FeaturizerConfig, opened.manifest["featurizer"])
+    config = from_jsonable(FeaturizerConfig, opened.featurizer_settings)
     return Featurizer.from_files(opened.tokenizer_path, config, opened.catalog_path)
 
 
-class OfflineEngine:
-    """The bundle's engine run directly with onnxruntime, one pair at a time: the reference scores."""
+class OfflineModel:
+    """The bundle's cross-encoder variant run directly with onnxruntime, one pair at a time: the reference scores.
+
+    Pairs come from the shared pair builder (`Featurizer.build_pairs`), as in training and serving.
+    """
 
     def __init__(self, bundle: Path, precision: str = "fp32") -> None:
         opened = open_bundle(bundle)
         self.featurizer = featurizer_of(bundle)
-        self.session = ort.InferenceSession(
-            str(opened.path(opened.engine(precision).file)), providers=["CPUExecutionProvider"]
-        )
+        self.session = create_session(opened.variant_path(CROSS_ENCODER.name, precision)).session
 
     def item(self, item_id: str = "", text: str = ""):
         return self.featurizer.item_tokens(item_id, text)
 
     def score(self, request: recommender_pb2.ScoreRequest) -> tuple[np.ndarray, np.ndarray]:
-        history = [ContextEntry(self.item(c.item_id, c.text), max(c.count, 1)) for c in request.context]
-        context = self.featurizer.context_tokens(history)
-        bought = {}
-        for c in request.context:
-            bought.setdefault((c.item_id, "" if c.item_id else c.text), max(c.count, 1))
+        history = [
+            ContextEntry(self.item(c.item_id, c.text), max(c.count, 1), item_key(c.item_id, c.text)) for c in request.context
+        ]
+        candidates = [(item_key(c.item_id, c.text), self.item(c.item_id, c.text)) for c in request.candidates]
         probabilities, quantities = [], []
-        for candidate in request.candidates:
-            times = bought.get((candidate.item_id, "" if candidate.item_id else candidate.text), 0)
-            tokens = self.featurizer.candidate_tokens(self.item(candidate.item_id, candidate.text), times)
-            batch = self.featurizer.pack([(context, tokens)])
-            p, q = self.session.run(None, batch.as_feeds())
+        for pair in self.featurizer.build_pairs(history, candidates).pairs():
+            batch = self.featurizer.pack([pair])
+            p, q = self.session.run(list(CROSS_ENCODER.output_names), batch.as_feeds())
             probabilities.append(p[0])
             quantities.append(q[0])
         return np.array(probabilities, dtype=np.float32), np.array(quantities, dtype=np.float32)
@@ -82,7 +81,7 @@ class OfflineEngine:
                 "attention_mask": attention_mask[row : row + 1, :width],
                 "token_type_ids": token_type_ids[row : row + 1, :width],
             }
-            p, q = self.session.run(None, feeds)
+            p, q = self.session.run(list(CROSS_ENCODER.output_names), feeds)
             probabilities.append(p[0])
             quantities.append(q[0])
         return np.array(probabilities), np.array(quantities)

@@ -15,16 +15,17 @@ from pathlib import Path
 
 import pytest
 
-from edgerec.benchmarks import reliability_access
-from edgerec.benchmarks.reliability_config import QUICK
-from edgerec.benchmarks.reliability_harness import Scenario, catalog_ids
+from edgerec.benchmarks.reliability import access as access_scenario
+from edgerec.benchmarks.reliability.config import QUICK
+from edgerec.benchmarks.reliability.report import Scenario
+from server_helpers import catalog_ids
 
-pytestmark = pytest.mark.skipif(not reliability_access.openssl_available(), reason="needs the openssl command line")
+pytestmark = pytest.mark.skipif(not access_scenario.openssl_available(), reason="needs the openssl command line")
 
 
 @pytest.fixture(scope="module")
 def access(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Scenario:
-    return reliability_access.access(tiny_bundle, tmp_path_factory.mktemp("access"), QUICK, catalog_ids(tiny_bundle))
+    return access_scenario.access(tiny_bundle, tmp_path_factory.mktemp("access"), QUICK, catalog_ids(tiny_bundle))
 
 
 def _assert_checks(result: Scenario, *names: str) -> None:
@@ -58,4 +59,4 @@ def test_an_answer_too_large_to_send_is_counted_as_refused_in_the_server_metrics
     """Found here: the handler returns, then gRPC refuses to send the answer; the server counts the call
     as OK (and gRPC logs a traceback) although the client got RESOURCE_EXHAUSTED."""
     counted = access.figures["rank_calls_in_metrics"]
-    assert counted.get("OK", 0) == 0 and counted.get("RESOURCE_EXHAUSTED") == reliability_access.ATTEMPTS, counted
+    assert counted.get("OK", 0) == 0 and counted.get("RESOURCE_EXHAUSTED") == access_scenario.ATTEMPTS, counted

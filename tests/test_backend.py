@@ -1,49 +1,150 @@
-"""The ONNX Runtime backend: provider order and fallback, precision choice, outputs."""
+"""Backends and model versions: provider order and fallback, variant choice, named outputs, session settings."""
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from edgerec.runtime.backend import OnnxBackend
-from edgerec.runtime.bundle import open_bundle
+from edgerec.core.bundle import open_bundle, write_manifest
+from edgerec.core.errors import EdgeRecError, ErrorCode
+from edgerec.core.sessions import tensorrt_options
+from edgerec.core.signatures import CROSS_ENCODER
+from edgerec.runtime.backends.onnx import OnnxBackend
 from edgerec.runtime.config import BackendConfig
-from edgerec.runtime.errors import EdgeRecError, ErrorCode
-from server_helpers import featurizer_of
+from edgerec.runtime.model_version import ModelVersion, merge_feeds
+from edgerec.runtime.metrics import Metrics
+from server_helpers import featurizer_of, make_config
+
+LOGGER = "edgerec.runtime.backends.onnx"
+
+
+def backend_for(bundle, config: BackendConfig = BackendConfig(), model: str = CROSS_ENCODER.name) -> OnnxBackend:
+    opened = open_bundle(bundle)
+    backend = OnnxBackend(opened, model, config.session_config(opened.root, 32, 64), config.precision)
+    backend.initialize()
+    return backend
 
 
 def test_default_provider_order_falls_back_to_cpu_with_one_log_line(tiny_bundle, caplog):
-    with caplog.at_level(logging.INFO, logger="edgerec.runtime.backend"):
-        backend = OnnxBackend.load(open_bundle(tiny_bundle), BackendConfig())
+    with caplog.at_level(logging.INFO, logger=LOGGER):
+        backend = backend_for(tiny_bundle)
     assert backend.provider == "CPUExecutionProvider"
-    assert backend.entry.precision == "int8-dynamic"  # the bundle's CPU default, not its GPU fp16
-    lines = [r.getMessage() for r in caplog.records if r.name == "edgerec.runtime.backend"]
+    assert backend.variant.precision == "int8-dynamic"  # the model's CPU default, not its GPU fp16
+    lines = [r.getMessage() for r in caplog.records if r.name == LOGGER]
     assert len(lines) == 1
+    assert "cross_encoder" in lines[0] and "int8-dynamic" in lines[0]
     assert "CPUExecutionProvider" in lines[0] and "TensorrtExecutionProvider" in lines[0] and "CUDA" in lines[0]
 
 
-def test_precision_override_and_outputs_per_row(tiny_bundle):
-    backend = OnnxBackend.load(open_bundle(tiny_bundle), BackendConfig(providers=("cpu",), precision="fp32"))
+def test_execute_returns_every_output_of_the_signature_by_name_one_per_row(tiny_bundle):
+    backend = backend_for(tiny_bundle, BackendConfig(providers=("cpu",), precision="fp32"))
     featurizer = featurizer_of(tiny_bundle)
     items = list(featurizer.catalog.values())
     batch = featurizer.pack([((), items[0]), (items[1], items[2]), (items[3] + items[4], items[5])])
-    probabilities, quantities = backend.run(batch)
-    assert backend.entry.precision == "fp32"
+    outputs = backend.execute(batch.as_feeds())
+    assert backend.variant.precision == "fp32"
+    assert list(outputs) == list(CROSS_ENCODER.output_names)
+    probabilities, quantities = (outputs[name] for name in CROSS_ENCODER.output_names)
     assert probabilities.shape == quantities.shape == (3,)
     assert probabilities.dtype == np.float32
     assert ((probabilities > 0) & (probabilities < 1)).all() and (quantities > 0).all()
-    backend.warm_up(featurizer.pad_id, max_batch_size=4, max_length=featurizer.config.max_length)
+    backend.warm_up((1, 4), (8, featurizer.config.max_length))
+    backend.finalize()
+    assert backend.provider == "CPUExecutionProvider"  # still known after finalize, for logs
 
 
 def test_no_usable_provider_is_a_clear_error(tiny_bundle):
     with pytest.raises(EdgeRecError) as failure:
-        OnnxBackend.load(open_bundle(tiny_bundle), BackendConfig(providers=("tensorrt", "cuda")))
+        backend_for(tiny_bundle, BackendConfig(providers=("tensorrt", "cuda")))
     assert failure.value.code is ErrorCode.FAILED_PRECONDITION and "CPUExecutionProvider" in failure.value.message
 
 
-def test_a_precision_the_bundle_lacks_is_not_found(tiny_bundle):
+def test_a_precision_or_model_the_bundle_lacks_is_not_found(tiny_bundle):
     with pytest.raises(EdgeRecError) as failure:
-        OnnxBackend.load(open_bundle(tiny_bundle), BackendConfig(providers=("cpu",), precision="int4"))
-    assert failure.value.code is ErrorCode.NOT_FOUND
+        backend_for(tiny_bundle, BackendConfig(providers=("cpu",), precision="int4"))
+    assert failure.value.code is ErrorCode.NOT_FOUND and "int8-dynamic" in failure.value.message
+    with pytest.raises(EdgeRecError) as failure:
+        backend_for(tiny_bundle, model="two_tower")
+    assert failure.value.code is ErrorCode.NOT_FOUND and "cross_encoder" in failure.value.message
+
+
+def test_session_config_derives_the_tensorrt_profile_from_the_server_limits(tmp_path):
+    config = BackendConfig(providers=("cuda", "cpu"), intra_op_threads=3, spin_wait=False)
+    sessions = config.session_config(tmp_path, max_batch=8, max_sequence=48)
+    assert (sessions.providers, sessions.intra_op_threads, sessions.spin_wait) == (("cuda", "cpu"), 3, False)
+    assert sessions.trt_cache_dir == tmp_path / ".trt-cache"
+    profile = sessions.trt_profile
+    assert (profile.max_batch, profile.max_sequence) == (8, 48)
+    assert profile.min_batch <= profile.opt_batch <= 8 and profile.min_sequence <= profile.opt_sequence <= 48
+    options = tensorrt_options(CROSS_ENCODER, sessions, sessions.trt_cache_dir)
+    assert options["trt_profile_max_shapes"] == ",".join(f"{name}:8x48" for name in CROSS_ENCODER.input_names)
+    # batching off: every profile bound stays valid
+    single = BackendConfig().session_config(tmp_path, max_batch=1, max_sequence=64).trt_profile
+    assert single.min_batch == single.opt_batch == single.max_batch == 1
+    chosen = BackendConfig(trt_cache_dir=tmp_path / "cache").session_config(tmp_path, 32, 64)
+    assert chosen.trt_cache_dir == tmp_path / "cache"
+
+
+def test_merge_feeds_pads_each_segment_to_the_longest_with_the_payloads_pad_value():
+    class Rows:
+        pad_values = {"input_ids": 7}
+
+        def __init__(self, width: int) -> None:
+            self.width = width
+
+        def feeds(self, indices):
+            rows = len(indices)
+            return {"input_ids": np.ones((rows, self.width), np.int64), "mask": np.ones((rows, self.width), np.int64)}
+
+    segments = [SimpleNamespace(payload=Rows(2), indices=np.arange(1)), SimpleNamespace(payload=Rows(4), indices=np.arange(2))]
+    merged = merge_feeds(segments)
+    assert merged["input_ids"].tolist() == [[1, 1, 7, 7], [1, 1, 1, 1], [1, 1, 1, 1]]
+    assert merged["mask"].tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 1, 1, 1]]
+
+
+def test_model_version_serves_one_instance_per_known_model(tiny_bundle):
+    version = ModelVersion.load(tiny_bundle, make_config(tiny_bundle, providers=("cpu",), warm_up=False), Metrics())
+    assert (version.name, version.version) == ("tiny", "test")
+    assert list(version.instances) == [CROSS_ENCODER.name]
+    assert version.variants() == {CROSS_ENCODER.name: ("int8-dynamic", "CPUExecutionProvider")}
+    assert version.pipeline.instance is version.instances[CROSS_ENCODER.name]
+
+
+def _with_manifest(bundle, target, change) -> None:
+    shutil.copytree(bundle, target)
+    manifest = json.loads((target / "manifest.json").read_text())
+    manifest.pop("files")
+    change(manifest)
+    write_manifest(target, manifest)
+
+
+def test_a_bundle_whose_cross_encoder_signature_differs_is_refused(tiny_bundle, tmp_path):
+    def rename_output(manifest):
+        manifest["models"]["cross_encoder"]["signature"]["outputs"][0]["name"] = "logits"
+
+    _with_manifest(tiny_bundle, tmp_path / "renamed", rename_output)
+    with pytest.raises(EdgeRecError) as failure:
+        ModelVersion.load(tmp_path / "renamed", make_config(tmp_path / "renamed", warm_up=False), Metrics())
+    assert failure.value.code is ErrorCode.FAILED_PRECONDITION and "logits" in failure.value.message
+
+
+def test_a_bundle_without_a_cross_encoder_is_refused_and_unknown_models_are_skipped(tiny_bundle, tmp_path):
+    def rename_model(manifest):
+        manifest["models"]["ranker_v9"] = manifest["models"].pop("cross_encoder")
+
+    _with_manifest(tiny_bundle, tmp_path / "other", rename_model)
+    with pytest.raises(EdgeRecError) as failure:
+        ModelVersion.load(tmp_path / "other", make_config(tmp_path / "other", warm_up=False), Metrics())
+    assert failure.value.code is ErrorCode.FAILED_PRECONDITION and "no cross_encoder model" in failure.value.message
+
+    def add_unknown(manifest):
+        manifest["models"]["ranker_v9"] = dict(manifest["models"]["cross_encoder"])
+
+    _with_manifest(tiny_bundle, tmp_path / "extra", add_unknown)
+    version = ModelVersion.load(tmp_path / "extra", make_config(tmp_path / "extra", warm_up=False), Metrics())
+    assert list(version.instances) == [CROSS_ENCODER.name]

@@ -1,4 +1,4 @@
-"""The dynamic batcher, driven by a fake engine: how batches are cut, and what happens to requests."""
+"""The batcher (admission -> scheduler -> worker) driven by a fake backend: batches, and what happens to requests."""
 
 from __future__ import annotations
 
@@ -8,13 +8,14 @@ import threading
 import numpy as np
 import pytest
 
+from edgerec.runtime.admission import Admission
 from edgerec.runtime.batcher import Batcher
 from edgerec.runtime.config import BatcherConfig
-from edgerec.runtime.errors import EdgeRecError, ErrorCode
+from edgerec.core.errors import EdgeRecError, ErrorCode
 from edgerec.runtime.metrics import Metrics
 
 
-class FakeEngine:
+class FakeBackend:
     """Doubles each pair's value; records the batches it saw; can be held mid-batch or made to fail."""
 
     def __init__(self) -> None:
@@ -24,16 +25,20 @@ class FakeEngine:
         self.gate.set()
         self.running = threading.Event()
         self.fail_on: float | None = None
+        self.fail_prepare_on: float | None = None
 
     def prepare(self, segments) -> np.ndarray:
         self.prepared += 1
-        return np.concatenate([segment.payload[segment.indices] for segment in segments])
+        values = np.concatenate([segment.payload[segment.indices] for segment in segments])
+        if self.fail_prepare_on is not None and self.fail_prepare_on in values:
+            raise ValueError("cannot pack this batch")
+        return values
 
     def execute(self, values: np.ndarray):
         self.running.set()
         self.gate.wait(5)
         if self.fail_on is not None and self.fail_on in values:
-            raise RuntimeError("engine exploded")
+            raise RuntimeError("backend exploded")
         self.batches.append(values)
         return values * 2.0, values + 0.5
 
@@ -46,8 +51,8 @@ def config(**overrides) -> BatcherConfig:
     return BatcherConfig(**{**base, **overrides})
 
 
-async def started(cfg: BatcherConfig, engine: FakeEngine, metrics: Metrics | None = None) -> Batcher:
-    return await Batcher(cfg, engine.prepare, engine.execute, metrics or Metrics()).start()
+async def started(cfg: BatcherConfig, backend: FakeBackend, metrics: Metrics | None = None) -> Batcher:
+    return await Batcher(cfg, backend.prepare, backend.execute, metrics or Metrics()).start()
 
 
 async def eventually(condition, timeout: float = 5.0) -> None:
@@ -64,118 +69,118 @@ def run(coroutine):
 
 def test_request_split_across_batches_comes_back_in_request_order():
     async def main():
-        engine = FakeEngine()
-        batcher = await started(config(max_batch_size=3, length_bucket_width=8), engine)
+        backend = FakeBackend()
+        batcher = await started(config(max_batch_size=3, length_bucket_width=8), backend)
         values = np.arange(10, dtype=np.float64)
         lengths = np.array([30, 5, 17, 5, 40, 9, 30, 3, 12, 7])  # spread over several buckets
         doubled, shifted = await batcher.submit(values, lengths)
         await batcher.drain()
-        return engine, values, doubled, shifted
+        return backend, values, doubled, shifted
 
-    engine, values, doubled, shifted = run(main())
+    backend, values, doubled, shifted = run(main())
     np.testing.assert_array_equal(doubled, values * 2)
     np.testing.assert_array_equal(shifted, values + 0.5)
-    assert max(engine.batch_sizes()) <= 3 and sum(engine.batch_sizes()) == 10
-    assert len(engine.batches) >= 4
+    assert max(backend.batch_sizes()) <= 3 and sum(backend.batch_sizes()) == 10
+    assert len(backend.batches) >= 4
 
 
 def test_batches_are_cut_by_size_and_full_batches_do_not_wait_for_the_delay():
     async def main():
-        engine = FakeEngine()
-        batcher = await started(config(max_batch_size=4, max_queue_delay_ms=10_000), engine)
+        backend = FakeBackend()
+        batcher = await started(config(max_batch_size=4, max_queue_delay_ms=10_000), backend)
         result = await batcher.submit(np.arange(8.0), np.full(8, 10))
         await batcher.drain()
-        return engine, result
+        return backend, result
 
-    engine, (doubled, _) = run(main())  # a 10 s delay would time the test out if full batches waited
-    assert engine.batch_sizes() == [4, 4]
+    backend, (doubled, _) = run(main())  # a 10 s delay would time the test out if full batches waited
+    assert backend.batch_sizes() == [4, 4]
     np.testing.assert_array_equal(doubled, np.arange(8.0) * 2)
 
 
 def test_batches_are_cut_by_token_budget_counting_padding():
     async def main():
-        engine = FakeEngine()
-        batcher = await started(config(max_batch_size=64, max_batch_tokens=100, length_bucket_width=0), engine)
+        backend = FakeBackend()
+        batcher = await started(config(max_batch_size=64, max_batch_tokens=100, length_bucket_width=0), backend)
         await batcher.submit(np.arange(12.0), np.full(12, 30))
         await batcher.drain()
-        return engine
+        return backend
 
-    engine = run(main())
-    assert engine.batch_sizes() == [3, 3, 3, 3]  # 3 x 30 tokens fit in 100, 4 x 30 do not
+    backend = run(main())
+    assert backend.batch_sizes() == [3, 3, 3, 3]  # 3 x 30 tokens fit in 100, 4 x 30 do not
 
 
 def test_a_lone_pair_with_more_tokens_than_the_budget_still_runs_alone():
     async def main():
-        engine = FakeEngine()
-        batcher = await started(config(max_batch_tokens=50), engine)
+        backend = FakeBackend()
+        batcher = await started(config(max_batch_tokens=50), backend)
         out = await batcher.submit(np.array([1.0, 2.0]), np.array([60, 60]))
         await batcher.drain()
-        return engine, out
+        return backend, out
 
-    engine, (doubled, _) = run(main())
-    assert engine.batch_sizes() == [1, 1]
+    backend, (doubled, _) = run(main())
+    assert backend.batch_sizes() == [1, 1]
     np.testing.assert_array_equal(doubled, [2.0, 4.0])
 
 
 def test_requests_from_many_callers_are_merged_within_the_queue_delay():
     async def main():
-        engine = FakeEngine()
-        batcher = await started(config(max_batch_size=64, max_queue_delay_ms=200), engine)
+        backend = FakeBackend()
+        batcher = await started(config(max_batch_size=64, max_queue_delay_ms=200), backend)
         results = await asyncio.gather(*(batcher.submit(np.array([float(i)]), np.array([8])) for i in range(5)))
         await batcher.drain()
-        return engine, results
+        return backend, results
 
-    engine, results = run(main())
-    assert engine.batch_sizes() == [5]
+    backend, results = run(main())
+    assert backend.batch_sizes() == [5]
     assert [float(doubled[0]) for doubled, _ in results] == [0.0, 2.0, 4.0, 6.0, 8.0]
 
 
 def test_pairs_are_grouped_by_length_to_cut_padding():
     async def main():
-        engine = FakeEngine()
-        batcher = await started(config(max_batch_size=4, length_bucket_width=16, max_queue_delay_ms=50), engine)
+        backend = FakeBackend()
+        batcher = await started(config(max_batch_size=4, length_bucket_width=16, max_queue_delay_ms=50), backend)
         values = np.arange(8.0)
         lengths = np.array([5, 60, 5, 60, 5, 60, 5, 60])  # short pairs have even values, long ones odd
         await batcher.submit(values, lengths)
         await batcher.drain()
-        return engine
+        return backend
 
-    engine = run(main())
-    assert sorted(engine.batch_sizes()) == [4, 4]
-    for batch in engine.batches:
+    backend = run(main())
+    assert sorted(backend.batch_sizes()) == [4, 4]
+    for batch in backend.batches:
         assert len({int(v) % 2 for v in batch}) == 1, f"batch mixes short and long pairs: {batch}"
 
 
 def test_the_next_batch_is_prepared_while_one_runs():
     async def main():
-        engine = FakeEngine()
-        engine.gate.clear()
-        batcher = await started(config(max_batch_size=2), engine)
+        backend = FakeBackend()
+        backend.gate.clear()
+        batcher = await started(config(max_batch_size=2), backend)
         task = asyncio.create_task(batcher.submit(np.arange(6.0), np.full(6, 8)))
-        await eventually(engine.running.is_set)
-        await eventually(lambda: engine.prepared == 2)  # batch 2 is ready while batch 1 still runs
-        prepared_while_running = engine.prepared
-        assert not engine.batches
-        engine.gate.set()
+        await eventually(backend.running.is_set)
+        await eventually(lambda: backend.prepared == 2)  # batch 2 is ready while batch 1 still runs
+        prepared_while_running = backend.prepared
+        assert not backend.batches
+        backend.gate.set()
         await task
         await batcher.drain()
-        return prepared_while_running, engine
+        return prepared_while_running, backend
 
-    prepared_while_running, engine = run(main())
+    prepared_while_running, backend = run(main())
     assert prepared_while_running == 2
-    assert engine.batch_sizes() == [2, 2, 2]
+    assert backend.batch_sizes() == [2, 2, 2]
 
 
 def test_overload_is_refused_at_once_with_resource_exhausted():
     async def main():
-        engine = FakeEngine()
-        engine.gate.clear()
-        batcher = await started(config(max_queue_pairs=4, max_queue_requests=10), engine)
+        backend = FakeBackend()
+        backend.gate.clear()
+        batcher = await started(config(max_queue_pairs=4, max_queue_requests=10), backend)
         first = asyncio.create_task(batcher.submit(np.arange(4.0), np.full(4, 8)))
-        await eventually(engine.running.is_set)
+        await eventually(backend.running.is_set)
         with pytest.raises(EdgeRecError) as refused:
             await batcher.submit(np.array([9.0]), np.array([8]))
-        engine.gate.set()
+        backend.gate.set()
         await first
         after = await batcher.submit(np.array([9.0]), np.array([8]))  # room again once the first is done
         await batcher.drain()
@@ -188,14 +193,14 @@ def test_overload_is_refused_at_once_with_resource_exhausted():
 
 def test_too_many_requests_in_the_queue_are_refused():
     async def main():
-        engine = FakeEngine()
-        engine.gate.clear()
-        batcher = await started(config(max_queue_requests=2), engine)
+        backend = FakeBackend()
+        backend.gate.clear()
+        batcher = await started(config(max_queue_requests=2), backend)
         held = [asyncio.create_task(batcher.submit(np.array([1.0]), np.array([8]))) for _ in range(2)]
         await asyncio.sleep(0)
         with pytest.raises(EdgeRecError) as refused:
             await batcher.submit(np.array([1.0]), np.array([8]))
-        engine.gate.set()
+        backend.gate.set()
         await asyncio.gather(*held)
         await batcher.drain()
         return refused.value
@@ -203,73 +208,73 @@ def test_too_many_requests_in_the_queue_are_refused():
     assert run(main()).code is ErrorCode.RESOURCE_EXHAUSTED
 
 
-def test_expired_request_fails_with_deadline_exceeded_and_never_reaches_the_engine():
+def test_expired_request_fails_with_deadline_exceeded_and_never_reaches_the_backend():
     async def main():
-        engine = FakeEngine()
-        engine.gate.clear()
+        backend = FakeBackend()
+        backend.gate.clear()
         metrics = Metrics()
-        batcher = await started(config(max_batch_size=1), engine, metrics)
+        batcher = await started(config(max_batch_size=1), backend, metrics)
         blocker = asyncio.create_task(batcher.submit(np.array([1.0]), np.array([8])))
-        await eventually(engine.running.is_set)
+        await eventually(backend.running.is_set)
         with pytest.raises(EdgeRecError) as expired:
             await batcher.submit(np.array([7.0, 7.0]), np.array([8, 8]), timeout=0.05)
-        engine.gate.set()
+        backend.gate.set()
         await blocker
         await batcher.drain()
-        return engine, expired.value, metrics
+        return backend, expired.value, metrics
 
-    engine, expired, metrics = run(main())
+    backend, expired, metrics = run(main())
     assert expired.code is ErrorCode.DEADLINE_EXCEEDED
-    assert all(7.0 not in batch for batch in engine.batches)
+    assert all(7.0 not in batch for batch in backend.batches)
     assert metrics.value("edgerec_dropped_requests_total", reason="deadline") == 1
     assert metrics.value("edgerec_dropped_pairs_total", reason="deadline") == 2
 
 
 def test_a_request_already_past_its_deadline_is_not_queued():
     async def main():
-        engine = FakeEngine()
-        batcher = await started(config(), engine)
+        backend = FakeBackend()
+        batcher = await started(config(), backend)
         with pytest.raises(EdgeRecError) as expired:
             await batcher.submit(np.array([1.0]), np.array([8]), timeout=0.0)
         await batcher.drain()
-        return engine, expired.value
+        return backend, expired.value
 
-    engine, expired = run(main())
-    assert expired.code is ErrorCode.DEADLINE_EXCEEDED and not engine.batches
+    backend, expired = run(main())
+    assert expired.code is ErrorCode.DEADLINE_EXCEEDED and not backend.batches
 
 
 def test_cancelled_request_is_dropped_before_compute():
     async def main():
-        engine = FakeEngine()
-        engine.gate.clear()
+        backend = FakeBackend()
+        backend.gate.clear()
         metrics = Metrics()
-        batcher = await started(config(max_batch_size=1), engine, metrics)
+        batcher = await started(config(max_batch_size=1), backend, metrics)
         blocker = asyncio.create_task(batcher.submit(np.array([1.0]), np.array([8])))
-        await eventually(engine.running.is_set)
+        await eventually(backend.running.is_set)
         doomed = asyncio.create_task(batcher.submit(np.array([5.0, 6.0, 7.0]), np.array([8, 8, 8])))
-        await asyncio.sleep(0.01)
+        await eventually(lambda: batcher.admitted_requests == 2)
         doomed.cancel()
         await asyncio.gather(doomed, return_exceptions=True)
-        engine.gate.set()
+        backend.gate.set()
         await blocker
         survivor = await batcher.submit(np.array([3.0]), np.array([8]))
         await batcher.drain()
-        return engine, metrics, survivor, batcher
+        return backend, metrics, survivor, batcher
 
-    engine, metrics, survivor, batcher = run(main())
-    seen = np.concatenate(engine.batches)
-    assert not {5.0, 6.0, 7.0} & set(seen.tolist()), "a cancelled request's pairs reached the engine"
+    backend, metrics, survivor, batcher = run(main())
+    seen = np.concatenate(backend.batches)
+    assert not {5.0, 6.0, 7.0} & set(seen.tolist()), "a cancelled request's pairs reached the backend"
     assert metrics.value("edgerec_dropped_requests_total", reason="cancelled") == 1
     assert float(survivor[0][0]) == 6.0
     assert batcher.admitted_pairs == 0 and batcher.queued_pairs == 0
 
 
-def test_an_engine_failure_fails_only_that_batchs_requests():
+def test_a_backend_failure_fails_only_that_batchs_requests():
     async def main():
-        engine = FakeEngine()
-        engine.fail_on = 13.0
+        backend = FakeBackend()
+        backend.fail_on = 13.0
         metrics = Metrics()
-        batcher = await started(config(max_batch_size=1), engine, metrics)
+        batcher = await started(config(max_batch_size=1), backend, metrics)
         outcomes = await asyncio.gather(
             batcher.submit(np.array([1.0]), np.array([8])),
             batcher.submit(np.array([13.0]), np.array([8])),
@@ -282,15 +287,35 @@ def test_an_engine_failure_fails_only_that_batchs_requests():
 
     (good1, bad, good2), later, metrics = run(main())
     assert isinstance(bad, EdgeRecError) and bad.code is ErrorCode.INTERNAL
-    assert "engine exploded" in bad.message
+    assert "backend exploded" in bad.message
     assert float(good1[0][0]) == 2.0 and float(good2[0][0]) == 4.0 and float(later[0][0]) == 8.0
     assert metrics.value("edgerec_batch_failures_total") == 1
 
 
+def test_a_batch_that_cannot_be_prepared_fails_only_its_requests():
+    async def main():
+        backend = FakeBackend()
+        backend.fail_prepare_on = 13.0
+        batcher = await started(config(max_batch_size=1), backend)
+        outcomes = await asyncio.gather(
+            batcher.submit(np.array([1.0]), np.array([8])),
+            batcher.submit(np.array([13.0]), np.array([8])),
+            batcher.submit(np.array([2.0]), np.array([8])),
+            return_exceptions=True,
+        )
+        await batcher.drain()
+        return outcomes, batcher
+
+    (good1, bad, good2), batcher = run(main())
+    assert isinstance(bad, EdgeRecError) and bad.code is ErrorCode.INTERNAL and "cannot pack" in bad.message
+    assert float(good1[0][0]) == 2.0 and float(good2[0][0]) == 4.0
+    assert batcher.admitted_pairs == 0 and batcher.admitted_requests == 0
+
+
 def test_drain_finishes_admitted_work_and_refuses_new_requests():
     async def main():
-        engine = FakeEngine()
-        batcher = await started(config(max_batch_size=2, max_queue_delay_ms=5_000), engine)
+        backend = FakeBackend()
+        batcher = await started(config(max_batch_size=2, max_queue_delay_ms=5_000), backend)
         admitted = [asyncio.create_task(batcher.submit(np.array([float(i)]), np.array([8]))) for i in range(5)]
         await asyncio.sleep(0)
         drained = asyncio.create_task(batcher.drain(timeout=5))
@@ -308,16 +333,69 @@ def test_drain_finishes_admitted_work_and_refuses_new_requests():
 
 def test_drain_that_runs_out_of_time_fails_the_leftover_requests_as_unavailable():
     async def main():
-        engine = FakeEngine()
-        engine.gate.clear()
-        batcher = await started(config(max_batch_size=1), engine)
+        backend = FakeBackend()
+        backend.gate.clear()
+        batcher = await started(config(max_batch_size=1), backend)
         stuck = [asyncio.create_task(batcher.submit(np.array([float(i)]), np.array([8]))) for i in range(3)]
-        await eventually(engine.running.is_set)
+        await eventually(backend.running.is_set)
         drained_in_time = await batcher.drain(timeout=0.05)
         outcomes = await asyncio.gather(*stuck, return_exceptions=True)
-        engine.gate.set()
+        backend.gate.set()
         return drained_in_time, outcomes
 
     drained_in_time, outcomes = run(main())
     assert not drained_in_time
     assert all(isinstance(o, EdgeRecError) and o.code is ErrorCode.UNAVAILABLE for o in outcomes)
+
+
+# -- admission on its own: plain synchronous bookkeeping ----------------------
+def opened(cfg: BatcherConfig, metrics: Metrics | None = None) -> Admission:
+    admission = Admission(cfg, metrics or Metrics())
+    admission.open()
+    return admission
+
+
+def test_admission_refuses_beyond_the_pair_and_request_bounds_and_released_permits_make_room():
+    admission = opened(config(max_queue_pairs=4, max_queue_requests=2))
+    admission.admit(3, None)
+    with pytest.raises(EdgeRecError) as too_many_pairs:
+        admission.admit(2, None)
+    admission.admit(1, None)
+    with pytest.raises(EdgeRecError) as too_many_requests:
+        admission.admit(1, None)
+    assert too_many_pairs.value.code is too_many_requests.value.code is ErrorCode.RESOURCE_EXHAUSTED
+    assert (admission.pairs, admission.requests) == (4, 2)  # refusals took nothing
+
+    admission.release(pairs=4, requests=2)
+    admission.admit(4, None)
+    assert (admission.pairs, admission.requests) == (4, 1)
+
+
+def test_admission_refuses_before_it_opens_and_once_it_drains():
+    admission = Admission(config(), Metrics())
+    with pytest.raises(EdgeRecError) as before:
+        admission.admit(1, None)
+    admission.open()
+    admission.admit(1, None)
+    admission.close()
+    with pytest.raises(EdgeRecError) as draining:
+        admission.admit(1, None)
+    assert before.value.code is draining.value.code is ErrorCode.UNAVAILABLE
+    assert admission.requests == 1  # what was admitted keeps its permit until answered
+
+
+def test_admission_refuses_an_expired_request_and_counts_it_as_dropped():
+    metrics = Metrics()
+    admission = opened(config(), metrics)
+    with pytest.raises(EdgeRecError) as expired:
+        admission.admit(3, timeout=0.0)
+    assert expired.value.code is ErrorCode.DEADLINE_EXCEEDED
+    assert (admission.pairs, admission.requests) == (0, 0)
+    assert metrics.value("edgerec_dropped_requests_total", reason="deadline") == 1
+    assert metrics.value("edgerec_dropped_pairs_total", reason="deadline") == 3
+
+
+def test_admission_refuses_a_request_without_pairs():
+    with pytest.raises(EdgeRecError) as empty:
+        opened(config()).admit(0, None)
+    assert empty.value.code is ErrorCode.INVALID_ARGUMENT

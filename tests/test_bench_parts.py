@@ -1,22 +1,30 @@
-"""The benchmark's pieces on known inputs: FLOP counts, peak estimates, goals, metric deltas, workloads, quality."""
+"""The benchmark's pieces on known inputs: FLOP counts, peak estimates, goals, metric deltas, workloads, quality,
+and the load-test harness it shares with the reliability scenarios (tally, load driver, Prometheus differences)."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 
 from edgerec.benchmarks import goals
-from edgerec.benchmarks.engines import load_engine, plan_engines
+from edgerec.benchmarks.harness.driver import closed_loop, open_loop, send
+from edgerec.benchmarks.harness.prometheus import Samples
+from edgerec.benchmarks.harness.requests import bundle_featurizer, history_of
+from edgerec.benchmarks.harness.results import Tally, latency_summary
 from edgerec.benchmarks.limits import ModelShape, estimate_peak
-from edgerec.benchmarks.offline import latency_summary
 from edgerec.benchmarks.quality import measure_quality
+from edgerec.benchmarks.runners import RunnerUnavailable, load_runner, plan_runners
 from edgerec.benchmarks.server_bench import server_side
-from edgerec.benchmarks.workload import bundle_featurizer, exact_length_feeds, request_pool
+from edgerec.benchmarks.workload import exact_length_feeds, mean_pair_tokens, request_pool
+from edgerec.core.bundle import Bundle, open_bundle
+from edgerec.core.signatures import CROSS_ENCODER
 from edgerec.export.samples import Basket, PreparedData
-from edgerec.runtime.bundle import Bundle, open_bundle
+from edgerec.proto import recommender_pb2
 
 # -- physical limit ---------------------------------------------------------------------------
 
@@ -50,13 +58,99 @@ def test_latency_summary_is_in_milliseconds_and_ordered() -> None:
     summary = latency_summary([0.001] * 98 + [0.010, 0.020])
     assert summary["p50_ms"] == pytest.approx(1.0)
     assert summary["p50_ms"] <= summary["p95_ms"] <= summary["p99_ms"] <= 20.0
+    assert latency_summary([]) == {"p50_ms": None, "p95_ms": None, "p99_ms": None, "mean_ms": None}
+
+
+def test_a_tally_puts_every_request_in_one_place_answered_refused_or_lost() -> None:
+    tally = Tally(refusal_codes=frozenset({"RESOURCE_EXHAUSTED"}))
+    tally.sent = 6
+    tally.record("OK", 0.010, pairs=4)
+    tally.record("OK", 0.030, pairs=2)
+    tally.record("RESOURCE_EXHAUSTED", 0.001, "server overloaded")
+    tally.record("INTERNAL", 0.002, "boom")
+    summary = tally.summary(seconds=2.0)
+    assert (summary["answered"], summary["refused"], summary["lost"]) == (2, {"RESOURCE_EXHAUSTED": 1}, 3)
+    assert summary["lost_by_code"] == {"INTERNAL": 1} and summary["unanswered"] == 2  # two sent, never ended
+    assert summary["failures"] == {"INTERNAL": 1, "RESOURCE_EXHAUSTED": 1}
+    assert summary["requests_per_s"] == 1.0 and summary["pairs_per_s"] == 3.0
+    assert summary["details"] == {"INTERNAL": "boom", "RESOURCE_EXHAUSTED": "server overloaded"}
+
+
+# -- the load driver (a fake call: no server) --------------------------------------------------
+
+
+class _Refused(grpc.aio.AioRpcError):
+    def __init__(self) -> None:
+        super().__init__(grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.aio.Metadata(), grpc.aio.Metadata(), "full")
+
+
+def _call(seconds: float, refuse_every: int = 0):
+    """A fake Score call taking `seconds`; every `refuse_every`-th one is refused."""
+    made = 0
+
+    async def call() -> recommender_pb2.ScoreResponse:
+        nonlocal made
+        made += 1
+        number = made
+        await asyncio.sleep(seconds)
+        if refuse_every and number % refuse_every == 0:
+            raise _Refused()
+        return recommender_pb2.ScoreResponse(purchase_probability=[0.5] * 3, expected_quantity=[1.0] * 3)
+
+    return call
+
+
+def test_closed_loop_is_bounded_in_requests_and_counts_answers_and_codes() -> None:
+    tally = Tally()
+    run = asyncio.run(closed_loop(_call(0.001, refuse_every=4), tally, concurrency=4, seconds=30.0, max_requests=40))
+    assert run.arrivals == tally.sent == 40 and run.seconds < 30.0
+    assert tally.answered == 30 and tally.answered_pairs == 90 and tally.failures == {"RESOURCE_EXHAUSTED": 10}
+
+
+def test_closed_loop_cancels_what_outlasts_the_drain_as_unfinished() -> None:
+    tally = Tally()
+    run = asyncio.run(closed_loop(_call(10.0), tally, concurrency=3, seconds=0.05, drain_s=0.05))
+    assert run.seconds < 1.0
+    assert (tally.sent, tally.answered, tally.unfinished, tally.lost) == (3, 0, 3, 3)
+
+
+def test_closed_loop_stops_when_told() -> None:
+    async def main() -> Tally:
+        tally, stop = Tally(), asyncio.Event()
+        load = asyncio.create_task(closed_loop(_call(0.001), tally, concurrency=2, seconds=3600.0, stop=stop))
+        await asyncio.sleep(0.05)
+        stop.set()
+        await load
+        return tally
+
+    tally = asyncio.run(main())
+    assert tally.sent > 0 and tally.answered == tally.sent
+
+
+def test_open_loop_charges_latency_from_the_arrival_and_drops_past_max_in_flight() -> None:
+    tally = Tally()
+    rng = np.random.default_rng(0)
+    run = asyncio.run(open_loop(_call(0.2), tally, rate=200.0, seconds=0.3, rng=rng, drain_s=1.0, max_in_flight=5))
+    assert run.arrivals == tally.sent + tally.dropped and tally.dropped > 0
+    assert tally.sent >= 5 and tally.answered == tally.sent and min(tally.latencies_s) >= 0.2
+    assert len(tally.lags_s) == tally.sent
+    bounded = Tally()
+    run = asyncio.run(open_loop(_call(0.0), bounded, rate=1000.0, seconds=10.0, rng=rng, max_requests=25))
+    assert run.arrivals == bounded.sent == 25 and run.seconds < 5.0
+
+
+def test_send_records_how_a_call_ended() -> None:
+    tally = Tally(refusal_codes=frozenset({"RESOURCE_EXHAUSTED"}))
+    assert asyncio.run(send(tally, _call(0.0, refuse_every=1))) == "RESOURCE_EXHAUSTED"
+    assert asyncio.run(send(tally, _call(0.0))) == "OK"
+    assert tally.summary()["refused"] == {"RESOURCE_EXHAUSTED": 1} and tally.answered_pairs == 3
 
 
 # -- goals ------------------------------------------------------------------------------------
 
 
-def _row(engine: str, batch: int, sequence: int, pairs_per_s: float, speedup: float | None = None) -> dict:
-    row = {"engine": engine, "batch_size": batch, "sequence_length": sequence, "pairs_per_s": pairs_per_s}
+def _row(runner: str, batch: int, sequence: int, pairs_per_s: float, speedup: float | None = None) -> dict:
+    row = {"runner": runner, "batch_size": batch, "sequence_length": sequence, "pairs_per_s": pairs_per_s}
     if speedup is not None:
         row["speedup_vs_reference"] = speedup
     return row
@@ -121,19 +215,27 @@ def test_server_goals_compare_with_offline_and_with_batching_off() -> None:
 # -- server metrics ---------------------------------------------------------------------------
 
 
+def test_samples_differences_count_new_series_from_zero() -> None:
+    ok, internal = ("edgerec_requests_total", (("code", "OK"),)), ("edgerec_requests_total", (("code", "INTERNAL"),))
+    before, after = Samples({ok: 5.0}), Samples({ok: 7.0, internal: 1.0})
+    grown = after.minus(before)
+    assert grown.by_label("edgerec_requests_total", "code") == {"OK": 2.0, "INTERNAL": 1.0}
+    assert grown.total("edgerec_requests_total") == 3.0 and grown.total("edgerec_requests_total", code="OK") == 2.0
+
+
 def test_server_side_figures_are_differences_over_the_level() -> None:
     def score_code(code: str) -> tuple:
         return (("code", code), ("method", "Score"))
 
     ok, exhausted, cancelled = score_code("OK"), score_code("RESOURCE_EXHAUSTED"), score_code("CANCELLED")
-    before = {
+    before = Samples({
         ("edgerec_batch_size_pairs_count", ()): 10.0,
         ("edgerec_batch_size_pairs_sum", ()): 100.0,
         ("edgerec_batch_padding_ratio_sum", ()): 1.0,
         ("edgerec_pairs_scored_total", ()): 100.0,
         ("edgerec_requests_total", ok): 5.0,
-    }
-    after = {
+    })
+    after = Samples({
         ("edgerec_batch_size_pairs_count", ()): 30.0,
         ("edgerec_batch_size_pairs_sum", ()): 500.0,
         ("edgerec_batch_padding_ratio_sum", ()): 3.0,
@@ -142,7 +244,7 @@ def test_server_side_figures_are_differences_over_the_level() -> None:
         ("edgerec_requests_total", exhausted): 3.0,
         ("edgerec_requests_total", cancelled): 2.0,
         ("edgerec_dropped_requests_total", (("reason", "cancelled"),)): 2.0,
-    }
+    })
     side = server_side(before, after, cpu_seconds=3.0, wall_s=2.0)
     assert side["mean_batch_size"] == pytest.approx(20.0)
     assert side["mean_padding_ratio"] == pytest.approx(0.1)
@@ -158,15 +260,16 @@ def test_server_side_figures_are_differences_over_the_level() -> None:
 
 def test_grid_inputs_are_exactly_the_requested_length(tiny_bundle: Path) -> None:
     featurizer = bundle_featurizer(open_bundle(tiny_bundle))
+    ids, mask, types = CROSS_ENCODER.input_names
     for batch, sequence in ((1, 32), (4, 128)):  # 128 is past the tiny featurizer's 64-token pairs
         feeds = exact_length_feeds(featurizer, batch, sequence, seed=1)
-        assert feeds["input_ids"].shape == (batch, sequence)
-        assert feeds["attention_mask"].all()
-        assert (feeds["input_ids"][:, 0] == featurizer.cls_id).all()
-        assert (feeds["input_ids"][:, -1] == featurizer.sep_id).all()
-        assert feeds["token_type_ids"][:, -1].all() and not feeds["token_type_ids"][:, 0].any()
-    same = exact_length_feeds(featurizer, 4, 32, seed=1)["input_ids"]
-    assert np.array_equal(same, exact_length_feeds(featurizer, 4, 32, seed=1)["input_ids"])
+        assert feeds[ids].shape == (batch, sequence)
+        assert feeds[mask].all()
+        assert (feeds[ids][:, 0] == featurizer.cls_id).all()
+        assert (feeds[ids][:, -1] == featurizer.sep_id).all()
+        assert feeds[types][:, -1].all() and not feeds[types][:, 0].any()
+    same = exact_length_feeds(featurizer, 4, 32, seed=1)[ids]
+    assert np.array_equal(same, exact_length_feeds(featurizer, 4, 32, seed=1)[ids])
 
 
 def test_request_pool_replays_test_baskets_within_candidate_bounds(tiny_bundle: Path) -> None:
@@ -177,35 +280,40 @@ def test_request_pool_replays_test_baskets_within_candidate_bounds(tiny_bundle: 
     pool, source = request_pool([basket], featurizer, size=20, min_candidates=3, max_candidates=12, max_history=1)
     assert len(pool) == 20 and "1 test baskets" in source
     for request in pool:
-        assert 3 <= len(request.candidates) <= 12
-        assert request.history == basket.history[:1]  # the most recent item only
-        assert request.candidates[: min(7, len(request.candidates))] == basket.candidates[: len(request.candidates)]
-        assert request.mean_pair_tokens > 3
+        candidates = tuple(c.item_id for c in request.candidates)
+        assert 3 <= len(candidates) <= 12
+        assert history_of(request) == list(basket.history[:1])  # the most recent item only
+        assert candidates[: min(7, len(candidates))] == basket.candidates[: len(candidates)]
+        assert mean_pair_tokens(featurizer, request) > 3
     fallback, source = request_pool([], featurizer, size=5, min_candidates=10, max_candidates=10, seed=0)
     assert "catalog" in source
-    assert all(len(r.candidates) == 10 and set(r.candidates) <= set(items) for r in fallback)
+    for request in fallback:
+        assert len(request.candidates) == 10 and {c.item_id for c in request.candidates} <= set(items)
+        assert len({item for item, _ in history_of(request)}) == len(request.context)  # distinct past items
 
 
 # -- quality ------------------------------------------------------------------------------------
 
 
 def test_quality_takes_gate_figures_where_the_export_recorded_them(
-    tiny_bundle: Path, tiny_checkpoint: Path, tiny_data: PreparedData
+    exported_bundle: Path, tiny_checkpoint: Path, tiny_data: PreparedData
 ) -> None:
-    bundle = open_bundle(tiny_bundle)
+    bundle = open_bundle(exported_bundle)
     manifest = copy.deepcopy(bundle.manifest)
-    manifest["metrics"] = {"validation": {"pytorch": {"auc": 0.70, "ndcg@10": 0.50}, "baskets": 200}}
-    for entry in manifest["engines"]:
+    model = manifest["models"][CROSS_ENCODER.name]
+    model["metrics"] = {"validation": {"pytorch": {"auc": 0.70, "ndcg@10": 0.50}, "baskets": 200}}
+    for entry in model["variants"]:
         if entry["precision"] == "int8-dynamic":
             entry["gate"] = {"passed": True, "auc": 0.69, "ndcg@10": 0.51}
         if entry["precision"] == "fp32":
             entry["gate"] = {"passed": True}  # no figures: the benchmark must score it itself
     gated = Bundle(root=bundle.root, manifest=manifest)
-    specs = plan_engines(["pytorch-fp32", "ort-int8-dynamic", "ort-fp32"], gated, tiny_checkpoint, tiny_bundle / "none")
-    engines = [load_engine(spec, threads=1) for spec in specs]
+    names = ["pytorch-fp32", "ort-int8-dynamic", "ort-fp32"]
+    specs = plan_runners(names, gated, tiny_checkpoint, exported_bundle / "none")
+    runners = [load_runner(spec, threads=1) for spec in specs]
     featurizer = bundle_featurizer(gated)
     validation = tiny_data.splits["valid"]
-    quality = measure_quality(engines, gated, validation, featurizer, sample_size=4, batch_size=16)
+    quality = measure_quality(runners, gated, validation, featurizer, sample_size=4, batch_size=16)
     assert quality["ort-int8-dynamic"]["source"] == "export validation gate"
     assert quality["ort-int8-dynamic"]["auc_relative_change"] == pytest.approx((0.69 - 0.70) / 0.70)
     assert quality["pytorch-fp32"]["auc"] == 0.70 and quality["pytorch-fp32"]["baskets"] == 200
@@ -213,5 +321,21 @@ def test_quality_takes_gate_figures_where_the_export_recorded_them(
     fp32 = quality["ort-fp32"]
     assert fp32["source"].startswith("scored here") and fp32["baskets"] == 4
     assert fp32["auc"] == pytest.approx(fp32["reference_auc"], abs=1e-3)
-    for engine in engines:
-        engine.close()
+    for runner in runners:
+        runner.close()
+
+
+def test_onnx_runners_open_the_bundles_variants_and_skip_what_cannot_run(tiny_bundle: Path, tmp_path: Path) -> None:
+    bundle = open_bundle(tiny_bundle)
+    names = ["ort-fp32", "ort-int8-static", "pytorch-fp32", "ort-cuda-fp16"]
+    fp32, static, torch, cuda = plan_runners(names, bundle, tmp_path / "no-checkpoint", tmp_path / "no-export")
+    assert fp32.runnable and fp32.path == bundle.variant_path(CROSS_ENCODER.name, "fp32")
+    assert "int8-static" in static.skip_reason and "checkpoint" in torch.skip_reason
+    assert cuda.runnable or cuda.skip_reason
+    runner = load_runner(fp32, threads=1, spin_wait=False)
+    feeds = exact_length_feeds(bundle_featurizer(bundle), 3, 16)
+    probabilities, quantities = runner(feeds)
+    assert runner.provider == "CPUExecutionProvider" and probabilities.shape == quantities.shape == (3,)
+    runner.close()
+    with pytest.raises(RunnerUnavailable):
+        load_runner(static, threads=1)

@@ -31,12 +31,18 @@ from edgerec.proto import recommender_pb2_grpc
 from edgerec.runtime import server as serve_command
 from edgerec.runtime.config import SECTIONS, load_config
 from edgerec.runtime.server import start_server
-from edgerec.settings import to_jsonable
-from server_helpers import OfflineEngine, catalog_ids, make_config, score_request
+from edgerec.core.settings import to_jsonable
+from server_helpers import OfflineModel, catalog_ids, make_config, score_request
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
 EXAMPLE_CONFIG = DEPLOY / "edgerec.example.toml"
+# The runtime's own tests: they need no torch, onnx or training data (tests/data/tiny_model/ is
+# committed), so they must pass in the runtime-only install, plus pytest.
+RUNTIME_TESTS = (
+    "test_batcher.py", "test_scheduler.py", "test_backend.py", "test_config.py", "test_featurize.py",
+    "test_server.py", "test_server_security.py", "test_status.py",
+)
 TRAINING_OR_CUDA = re.compile(r"^(torch|torchvision|transformers|optimum|tensorrt|onnxruntime-gpu|nvidia-.*)$")
 FAST_RECONNECT = [("grpc.initial_reconnect_backoff_ms", 50), ("grpc.max_reconnect_backoff_ms", 100)]
 
@@ -98,7 +104,7 @@ def run(command: list, timeout: float, **kwargs) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(900)
 def test_runtime_only_install_serves_a_bundle_archive_without_torch(tiny_bundle, tiny_bundle_archive, tmp_path):
     venv = tmp_path / "venv"
     python, edgerec = venv / "bin" / "python", venv / "bin" / "edgerec"
@@ -136,12 +142,25 @@ def test_runtime_only_install_serves_a_bundle_archive_without_torch(tiny_bundle,
         assert exit_code == 0, log.read_text()
 
         assert (reply.model_name, reply.model_version) == ("tiny", "test")
-        expected_probability, expected_quantity = OfflineEngine(tiny_bundle, "int8-dynamic").score(request)
+        expected_probability, expected_quantity = OfflineModel(tiny_bundle, "int8-dynamic").score(request)
         # int8-dynamic quantizes activations per batch, so batched and one-by-one scores differ slightly.
         np.testing.assert_allclose(reply.purchase_probability, expected_probability, atol=0.01)
         np.testing.assert_allclose(reply.expected_quantity, expected_quantity, rtol=0.03)
         text = log.read_text()
         assert "runs on CPUExecutionProvider" in text and "stopped" in text
+
+        # The runtime's tests, run against the installed copy (not the working tree) with no torch.
+        tools = run([python, "-m", "pip", "install", "--quiet", "--no-input", "pytest>=8", "pytest-timeout>=2.3"], 300, env=env)
+        assert tools.returncode == 0, tools.stdout[-2000:] + tools.stderr[-2000:]
+        tests = run(
+            [venv / "bin" / "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", REPO, "-c", REPO / "pyproject.toml",
+             *(REPO / "tests" / name for name in RUNTIME_TESTS)],
+            420, env=env, cwd=tmp_path,
+        )
+        assert tests.returncode == 0, tests.stdout[-4000:] + tests.stderr[-2000:]
+        assert " passed" in tests.stdout and " failed" not in tests.stdout, tests.stdout[-2000:]
+        imported = run([python, "-c", "import edgerec.runtime.server, sys; print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'onnx')))"], 60, env=env, cwd=tmp_path)
+        assert imported.stdout.strip() == "[]", imported
 
         footprint = run([python, DEPLOY / "measure_footprint.py", "--bundle", tiny_bundle_archive,
                          "--requests", 16, "--clients", 2, "--idle-s", 0.5], 180, env=env, cwd=tmp_path)
@@ -297,3 +316,16 @@ def test_healthcheck_speaks_tls_when_given_the_ca(tiny_bundle, tmp_path):
         plaintext = healthcheck("--address", handle.target, "--timeout", "2")
     assert with_ca.returncode == 0, with_ca
     assert plaintext.returncode == 1
+
+
+def test_every_package_folder_is_in_the_distribution():
+    """A subpackage missing from pyproject's `packages` works in the editable install but not on a box."""
+    setuptools_table = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(setuptools_table["packages"])
+    found = set()
+    for package, folder in setuptools_table["package-dir"].items():
+        for init in (REPO / folder).rglob("__init__.py"):
+            if any(part.startswith((".", "_")) and part != "__init__.py" for part in init.relative_to(REPO).parts):
+                continue
+            found.add(".".join([package, *init.parent.relative_to(REPO / folder).parts]))
+    assert found - listed == set(), "add these to pyproject.toml's packages"

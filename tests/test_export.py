@@ -1,4 +1,4 @@
-"""The export path on a tiny random BERT: ONNX parity, fusions, quantization, gate, bundle integrity."""
+"""The export path on a tiny random BERT: ONNX parity, signature, fusions, variants, gate, bundle, TensorRT step."""
 
 from __future__ import annotations
 
@@ -9,19 +9,24 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 
-from edgerec.export.bundle import EngineArtifact, build_bundle, pack_bundle
-from edgerec.export.engines import build_engines, encode_batches
+from edgerec.core.bundle import MANIFEST, ModelFiles, open_bundle, variant_file
+from edgerec.core.errors import EdgeRecError, ErrorCode
+from edgerec.core.sessions import create_session
+from edgerec.core.signatures import CROSS_ENCODER
+from edgerec.export.bundle import build_bundle, pack_bundle
 from edgerec.export.evaluate import torch_scorer
 from edgerec.export.model import load_checkpoint
-from edgerec.export.onnx_export import INPUTS, OUTPUTS
 from edgerec.export.optimize import expected_fusions, fusion_findings
 from edgerec.export.validate import GateConfig, GateFailed, OnnxScorer, enforce, run_gate
-from edgerec.runtime.bundle import MANIFEST, open_bundle
-from edgerec.runtime.errors import EdgeRecError, ErrorCode
+from edgerec.export.variants import build_variants, encode_batches
+from edgerec.runtime.config import BatcherConfig
 
+MODEL = CROSS_ENCODER.name
+ONNX_TYPES = {"int64": "tensor(int64)", "float32": "tensor(float)"}
 
 
 @pytest.fixture(scope="module")
@@ -34,11 +39,11 @@ def valid_batches(checkpoint, tiny_data):
     return encode_batches(tiny_data.splits["valid"][:6], checkpoint.featurizer, batch_size=32)
 
 
-def test_onnx_engines_match_the_torch_scoring_model(tiny_bundle: Path, checkpoint, valid_batches) -> None:
-    bundle = open_bundle(tiny_bundle)
+def test_onnx_variants_match_the_torch_scoring_model(exported_bundle: Path, checkpoint, valid_batches) -> None:
+    bundle = open_bundle(exported_bundle)
     reference = [torch_scorer(checkpoint.model)(batch) for batch in valid_batches]
     for precision in ("fp32", "fp32-optimized"):
-        scorer = OnnxScorer(bundle.path(bundle.engine(precision).file))
+        scorer = OnnxScorer(bundle.variant_path(MODEL, precision))
         for batch, (expected_probability, expected_quantity) in zip(valid_batches, reference):
             probability, quantity = scorer(batch)
             assert probability.shape == quantity.shape == (batch.input_ids.shape[0],)
@@ -47,19 +52,20 @@ def test_onnx_engines_match_the_torch_scoring_model(tiny_bundle: Path, checkpoin
             np.testing.assert_allclose(quantity, expected_quantity, rtol=1e-5, err_msg=precision)
 
 
-def test_engine_inputs_and_outputs_match_the_manifest(tiny_bundle: Path) -> None:
-    bundle = open_bundle(tiny_bundle)
-    assert bundle.manifest["inputs"] == INPUTS and bundle.manifest["outputs"] == OUTPUTS
-    for entry in bundle.engines:
-        session = ort.InferenceSession(str(bundle.path(entry.file)), providers=["CPUExecutionProvider"])
+def test_every_variant_has_the_cross_encoder_signature(exported_bundle: Path) -> None:
+    model = open_bundle(exported_bundle).model(MODEL)
+    assert model.signature == CROSS_ENCODER
+    assert [v.file for v in model.variants] == [variant_file(MODEL, v.precision) for v in model.variants]
+    for variant in model.variants:
+        session = create_session(exported_bundle / variant.file, signature=CROSS_ENCODER).session
         inputs = [(i.name, i.type, i.shape) for i in session.get_inputs()]
         outputs = [(o.name, o.type, o.shape) for o in session.get_outputs()]
-        assert inputs == [(i["name"], "tensor(int64)", ["batch", "sequence"]) for i in INPUTS], entry.file
-        assert outputs == [(o["name"], "tensor(float)", ["batch"]) for o in OUTPUTS], entry.file
+        assert inputs == [(t.name, ONNX_TYPES[t.dtype], list(t.shape)) for t in CROSS_ENCODER.inputs], variant.file
+        assert outputs == [(t.name, ONNX_TYPES[t.dtype], list(t.shape)) for t in CROSS_ENCODER.outputs], variant.file
 
 
-def test_every_fusion_happens_on_the_exported_graph(tiny_bundle: Path) -> None:
-    fusions = open_bundle(tiny_bundle).manifest["fusions"]
+def test_every_fusion_happens_on_the_exported_graph(exported_bundle: Path) -> None:
+    fusions = open_bundle(exported_bundle).model(MODEL).info["fusions"]
     assert fusions["fused"] == {"EmbedLayerNormalization": 1, "Attention": 2, "SkipLayerNormalization": 4, "BiasGelu": 2}
     assert fusions["findings"] == [] and fusions["nodes_after"] < fusions["nodes_before"] / 5
 
@@ -70,9 +76,19 @@ def test_a_fusion_that_did_not_happen_is_a_finding() -> None:
     assert set(expected_fusions(6)) == {"EmbedLayerNormalization", "Attention", "SkipLayerNormalization", "Gelu (any kind)"}
 
 
-def test_int8_engines_are_smaller_than_fp32(tiny_bundle: Path, record_property) -> None:
-    bundle = open_bundle(tiny_bundle)
-    size = {e.precision: bundle.path(e.file).stat().st_size for e in bundle.engines}
+def test_the_gpu_variant_is_fp16_of_the_plain_graph_without_contrib_operators(exported_bundle: Path) -> None:
+    model = open_bundle(exported_bundle).model(MODEL)
+    assert model.variant(device="gpu").precision == "fp16" and model.info["derived_from"]["fp16"] == "fp32"
+    fp16 = onnx.load(str(exported_bundle / variant_file(MODEL, "fp16")))
+    fused = onnx.load(str(exported_bundle / variant_file(MODEL, "fp32-optimized")))
+    assert {node.domain for node in fp16.graph.node} <= {"", "ai.onnx"}  # TensorRT runs standard operators only
+    assert "com.microsoft" in {node.domain for node in fused.graph.node}  # the fused CPU graph does not qualify
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in fp16.graph.initializer)
+
+
+def test_int8_variants_are_smaller_than_fp32(exported_bundle: Path, record_property) -> None:
+    model = open_bundle(exported_bundle).model(MODEL)
+    size = {v.precision: (exported_bundle / v.file).stat().st_size for v in model.variants}
     ratio = size["int8-dynamic"] / size["fp32"]
     record_property("tiny_int8_dynamic_to_fp32_size_ratio", round(ratio, 3))
     # The tiny model is almost all word embeddings, which int8 dynamic quantizes; static leaves them fp32.
@@ -83,48 +99,76 @@ def test_int8_engines_are_smaller_than_fp32(tiny_bundle: Path, record_property) 
 
 def test_export_optimize_quantize_validate_bundle_and_load(checkpoint, tiny_checkpoint, tiny_data, tiny_gate, tmp_path) -> None:
     featurizer = checkpoint.featurizer
-    engines = build_engines(
+    variants = build_variants(
         checkpoint.model,
-        tmp_path / "engines",
+        tmp_path / "variants",
         ("fp32", "fp32-optimized", "int8-dynamic", "fp16"),
         progress=False,
     )
     validation = tiny_data.splits["valid"][:8]
-    reference, results = run_gate(engines.paths, checkpoint.model, featurizer, validation, tiny_gate, progress=False)
+    reference, results = run_gate(variants.paths, checkpoint.model, featurizer, validation, tiny_gate, progress=False)
     enforce(results)
     assert {"auc", "ndcg@10"} <= set(reference)
     assert results["fp32"].checks[0].value < 1e-5
+    model = ModelFiles(
+        name=MODEL,
+        signature=CROSS_ENCODER,
+        variants=variants.paths,
+        default_variant={"cpu": "int8-dynamic", "gpu": "fp16"},
+        gates={p: r.as_manifest() for p, r in results.items()},
+        info={"opset": variants.export.opset},
+    )
     root = build_bundle(
         tmp_path / "bundles",
-        model_name="tiny",
+        name="tiny",
         version="1",
-        engines=[EngineArtifact(p, path, results[p].as_manifest()) for p, path in engines.paths.items()],
-        default_engine={"cpu": "int8-dynamic", "gpu": "fp16"},
+        models=[model],
         tokenizer_path=tiny_checkpoint / "tokenizer.json",
         items=checkpoint.items,
         featurizer=featurizer,
-        description={"inputs": INPUTS, "outputs": OUTPUTS, "opset": engines.export.opset},
     )
-    assert (tmp_path / "bundles" / "latest").resolve() == root.resolve()
+    assert root.name == "tiny-1" and (tmp_path / "bundles" / "latest").resolve() == root.resolve()
     archive = pack_bundle(root)
     bundle = open_bundle(archive, tmp_path / "unpacked")
-    entry = bundle.engine(device="cpu")
-    assert entry.precision == "int8-dynamic" and entry.gate["passed"] is True
+    assert (bundle.name, bundle.version, list(bundle.models)) == ("tiny", "1", [MODEL])
+    assert bundle.model(MODEL).info["opset"] == variants.export.opset
+    entry = bundle.model(MODEL).variant(device="cpu")
+    assert entry.precision == "int8-dynamic" and entry.device == "cpu" and entry.gate["passed"] is True
     assert {c["metric"] for c in entry.gate["checks"]} >= {"relative_drop(auc)", "relative_drop(ndcg@10)"}
     catalog = json.loads(bundle.catalog_path.read_text())
     some_item = next(iter(checkpoint.items))
     assert catalog[some_item]["token_ids"] == list(featurizer.catalog[some_item])
     batch = encode_batches(validation[:1], featurizer, batch_size=16)[0]
     probability, _ = OnnxScorer(bundle.path(entry.file))(batch)
-    expected, _ = OnnxScorer(engines.paths["int8-dynamic"])(batch)
+    expected, _ = OnnxScorer(variants.paths["int8-dynamic"])(batch)
     np.testing.assert_array_equal(probability, expected)
 
 
-def test_a_failing_gate_names_artifact_metric_value_and_bound(checkpoint, tiny_bundle, tiny_data) -> None:
-    bundle = open_bundle(tiny_bundle)
-    engines = {"int8-dynamic": bundle.path(bundle.engine("int8-dynamic").file)}
+def test_a_bundle_refuses_a_default_variant_it_does_not_hold_and_repeated_models(checkpoint, tiny_checkpoint, tmp_path) -> None:
+    fp32 = tmp_path / "model.fp32.onnx"
+    fp32.write_bytes(b"not read before the check")
+    model = ModelFiles(MODEL, CROSS_ENCODER, {"fp32": fp32}, {"cpu": "fp32", "gpu": "fp16"})
+    common = dict(name="tiny", version="1", tokenizer_path=tiny_checkpoint / "tokenizer.json", items={}, featurizer=checkpoint.featurizer)
+    with pytest.raises(ValueError, match="default variant"):
+        build_bundle(tmp_path / "bundles", models=[model], **common)
+    good = ModelFiles(MODEL, CROSS_ENCODER, {"fp32": fp32}, {"cpu": "fp32"})
+    with pytest.raises(ValueError, match="distinct names"):
+        build_bundle(tmp_path / "bundles", models=[good, good], **common)
+    assert not (tmp_path / "bundles" / "latest").exists()
+
+
+def test_the_gate_and_the_timing_use_sessions_configured_like_the_server(exported_bundle: Path) -> None:
+    scorer = OnnxScorer(open_bundle(exported_bundle).variant_path(MODEL, "fp32"), threads=1)
+    options = scorer.session.get_session_options()
+    assert options.enable_cpu_mem_arena is False and options.inter_op_num_threads == 1
+    assert options.intra_op_num_threads == 1
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+
+
+def test_a_failing_gate_names_artifact_metric_value_and_bound(checkpoint, exported_bundle, tiny_data) -> None:
+    variants = {"int8-dynamic": open_bundle(exported_bundle).variant_path(MODEL, "int8-dynamic")}
     impossible = GateConfig(int8_max_abs_diff=0.0)
-    _, results = run_gate(engines, checkpoint.model, checkpoint.featurizer, tiny_data.splits["valid"][:4], impossible, progress=False)
+    _, results = run_gate(variants, checkpoint.model, checkpoint.featurizer, tiny_data.splits["valid"][:4], impossible, progress=False)
     with pytest.raises(GateFailed) as failure:
         enforce(results)
     message = str(failure.value)
@@ -134,26 +178,26 @@ def test_a_failing_gate_names_artifact_metric_value_and_bound(checkpoint, tiny_b
     assert f"= {value:.6g} exceeds" in message
 
 
-def _tampered_copy(tiny_bundle: Path, tmp_path: Path) -> Path:
-    copy = tmp_path / tiny_bundle.name
-    shutil.copytree(tiny_bundle, copy)
-    engine = copy / "model.int8-dynamic.onnx"
-    data = bytearray(engine.read_bytes())
+def _tampered_copy(bundle: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / bundle.name
+    shutil.copytree(bundle, copy)
+    variant = copy / variant_file(MODEL, "int8-dynamic")
+    data = bytearray(variant.read_bytes())
     data[len(data) // 2] ^= 0xFF
-    engine.write_bytes(bytes(data))
+    variant.write_bytes(bytes(data))
     return copy
 
 
-def test_a_tampered_bundle_folder_is_refused_naming_the_file(tiny_bundle: Path, tmp_path: Path) -> None:
-    copy = _tampered_copy(tiny_bundle, tmp_path)
+def test_a_tampered_bundle_folder_is_refused_naming_the_file(exported_bundle: Path, tmp_path: Path) -> None:
+    copy = _tampered_copy(exported_bundle, tmp_path)
     with pytest.raises(EdgeRecError) as refused:
         open_bundle(copy)
     assert refused.value.code is ErrorCode.DATA_LOSS
     assert "model.int8-dynamic.onnx fails its checksum" in str(refused.value)
 
 
-def test_a_tampered_archive_is_refused_naming_the_file(tiny_bundle: Path, tmp_path: Path) -> None:
-    copy = _tampered_copy(tiny_bundle, tmp_path / "work")
+def test_a_tampered_archive_is_refused_naming_the_file(exported_bundle: Path, tmp_path: Path) -> None:
+    copy = _tampered_copy(exported_bundle, tmp_path / "work")
     archive = tmp_path / "tampered.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:  # pack() would refuse to pack it, so pack it by hand
         tar.add(copy, arcname=copy.name)
@@ -161,63 +205,89 @@ def test_a_tampered_archive_is_refused_naming_the_file(tiny_bundle: Path, tmp_pa
         open_bundle(archive, tmp_path / "unpacked")
 
 
-def test_a_file_missing_from_a_bundle_is_refused(tiny_bundle: Path, tmp_path: Path) -> None:
-    copy = tmp_path / tiny_bundle.name
-    shutil.copytree(tiny_bundle, copy)
+def test_a_file_missing_from_a_bundle_is_refused(exported_bundle: Path, tmp_path: Path) -> None:
+    copy = tmp_path / exported_bundle.name
+    shutil.copytree(exported_bundle, copy)
     (copy / "catalog.json").unlink()
     with pytest.raises(EdgeRecError, match="catalog.json is missing"):
         open_bundle(copy)
 
 
-def test_bundle_command_packs_and_verifies(tiny_bundle: Path, tmp_path: Path, capsys) -> None:
+def test_bundle_command_packs_and_verifies(exported_bundle: Path, tmp_path: Path, capsys) -> None:
     from edgerec.cli import main
 
     archive = tmp_path / "out.tar.gz"
-    assert main(["bundle", str(tiny_bundle), "-o", str(archive)]) == 0
+    assert main(["bundle", str(exported_bundle), "-o", str(archive)]) == 0
     assert f"{archive} (" in capsys.readouterr().out
-    assert open_bundle(archive, tmp_path / "unpacked").manifest == json.loads((tiny_bundle / MANIFEST).read_text())
+    assert open_bundle(archive, tmp_path / "unpacked").manifest == json.loads((exported_bundle / MANIFEST).read_text())
 
 
-def test_bundle_command_packs_the_folder_latest_points_at(tiny_bundle: Path, tmp_path: Path) -> None:
+def test_bundle_command_packs_the_folder_latest_points_at(exported_bundle: Path, tmp_path: Path) -> None:
     from edgerec.cli import main
 
-    latest = tiny_bundle.parent / "latest"
-    assert latest.resolve() == tiny_bundle.resolve()
+    latest = exported_bundle.parent / "latest"
+    assert latest.resolve() == exported_bundle.resolve()
     assert main(["bundle", str(latest), "-o", str(tmp_path / "latest.tar.gz")]) == 0
     with tarfile.open(tmp_path / "latest.tar.gz") as tar:
-        assert {Path(name).parts[0] for name in tar.getnames()} == {tiny_bundle.name}
+        assert {Path(name).parts[0] for name in tar.getnames()} == {exported_bundle.name}
 
 
-def test_bundle_command_refuses_a_tampered_folder(tiny_bundle: Path, tmp_path: Path, capsys) -> None:
+def test_bundle_command_refuses_a_tampered_folder(exported_bundle: Path, tmp_path: Path, capsys) -> None:
     from edgerec.cli import main
 
-    copy = _tampered_copy(tiny_bundle, tmp_path)
+    copy = _tampered_copy(exported_bundle, tmp_path)
     assert main(["bundle", str(copy), "-o", str(tmp_path / "out.tar.gz")]) == 1
     assert "model.int8-dynamic.onnx fails its checksum" in capsys.readouterr().err
     assert not (tmp_path / "out.tar.gz").exists()
 
 
-def test_tensorrt_is_skipped_in_one_line_without_a_gpu(tiny_bundle: Path, tmp_path: Path, caplog) -> None:
+# -- TensorRT ------------------------------------------------------------------------------------
+@pytest.fixture()
+def bundle_copy(exported_bundle: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / exported_bundle.name
+    shutil.copytree(exported_bundle, copy)
+    return copy
+
+
+def test_tensorrt_is_skipped_in_one_line_and_recorded_unverified_without_tensorrt(bundle_copy: Path, caplog) -> None:
     from edgerec.export import tensorrt
 
-    caplog.set_level(logging.INFO, logger="edgerec.export.tensorrt")
-    sources = {"fp16": tiny_bundle / "model.fp32.onnx", "int8": tiny_bundle / "model.int8-static.onnx"}
-    engines = tensorrt.build_engines(sources, tmp_path / "trt")
     reason = tensorrt.unavailable_reason()
     if reason is None:
         pytest.skip("ONNX Runtime offers TensorRT here: the skip path does not apply")
-    assert engines == []
+    caplog.set_level(logging.INFO, logger="edgerec.export.tensorrt")
+    cache = tensorrt.build_engine_cache(bundle_copy)
     records = [r for r in caplog.records if r.name == "edgerec.export.tensorrt"]
-    assert len(records) == 1 and "TensorRT skipped" in records[0].getMessage()
-    assert not (tmp_path / "trt").exists()
-    pytest.skip(f"TensorRT engines cannot be built here: {reason}")
+    assert len(records) == 1 and records[0].getMessage() == f"TensorRT skipped (unverified path): {reason}"
+    assert not cache.verified and not (bundle_copy / ".trt-cache").exists()
+    recorded = open_bundle(bundle_copy).model(MODEL).info["tensorrt"]  # the manifest still verifies
+    assert recorded == cache.as_manifest()
+    assert recorded["verified"] is False and reason in recorded["note"]
+    assert (recorded["variant"], recorded["file"]) == ("fp16", variant_file(MODEL, "fp16"))
 
 
-def test_tensorrt_profile_spans_the_server_ranges(tmp_path: Path) -> None:
-    from edgerec.export.tensorrt import TensorRTConfig, provider_options
+def test_tensorrt_profile_is_the_servers_and_the_cache_is_where_the_server_looks(bundle_copy: Path) -> None:
+    from edgerec.export.tensorrt import build_engine_cache
 
-    options = provider_options("int8", tmp_path, TensorRTConfig(min_batch=1, max_batch=32, max_sequence=128))
-    assert options["trt_int8_enable"] and options["trt_fp16_enable"] and options["trt_engine_cache_enable"]
+    options = build_engine_cache(bundle_copy).provider_options
+    max_batch = BatcherConfig().max_batch_size
+    max_length = open_bundle(bundle_copy).featurizer_settings["max_length"]
+    assert options["trt_engine_cache_enable"] and options["trt_fp16_enable"] and options["trt_engine_cache_path"] == ".trt-cache"
     assert options["trt_profile_min_shapes"].startswith("input_ids:1x8,")
-    assert "token_type_ids:32x128" in options["trt_profile_max_shapes"]
-    assert options["trt_engine_cache_path"] == str(tmp_path)
+    assert options["trt_profile_max_shapes"].split(",") == [f"{name}:{max_batch}x{max_length}" for name in CROSS_ENCODER.input_names]
+
+
+def test_a_tensorrt_session_that_falls_back_is_not_counted_as_an_engine(bundle_copy: Path, monkeypatch, caplog) -> None:
+    from edgerec.export import tensorrt
+
+    available = ort.get_available_providers()
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["TensorrtExecutionProvider", *available])
+    caplog.set_level(logging.INFO, logger="edgerec.export.tensorrt")
+    with pytest.warns(UserWarning, match="TensorrtExecutionProvider"):  # this onnxruntime has no TensorRT
+        cache = tensorrt.build_engine_cache(bundle_copy)
+    assert not cache.verified and cache.provider == "CPUExecutionProvider"
+    assert "fell back to CPUExecutionProvider" in caplog.text
+    assert open_bundle(bundle_copy).model(MODEL).info["tensorrt"]["note"] == "fell back to CPUExecutionProvider"
+    archive = pack_bundle(bundle_copy)  # the cache folder the session made is neither checksummed nor packed
+    with tarfile.open(archive) as tar:
+        assert not any(".trt-cache" in name for name in tar.getnames())

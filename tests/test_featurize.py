@@ -1,11 +1,16 @@
 """The featurizer is the contract between training and serving: these pin its layout."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from edgerec.export.model import pretrained_path
-from edgerec.runtime.errors import EdgeRecError, ErrorCode
-from edgerec.runtime.featurize import COUNT_TOKENS, ContextEntry, Featurizer, FeaturizerConfig
+from edgerec.core.errors import EdgeRecError, ErrorCode
+from edgerec.core.featurize import COUNT_TOKENS, ContextEntry, Featurizer, FeaturizerConfig
+from edgerec.runtime.pipeline import Candidate, ContextItem, featurize
+
+# The real all-MiniLM-L6-v2 tokenizer, committed beside the tiny test model (no torch needed).
+TOKENIZER = Path(__file__).parent / "data" / "tiny_model" / "tokenizer.json"
 
 ITEMS = {
     "85123A": "WHITE HANGING HEART T-LIGHT HOLDER",
@@ -16,7 +21,7 @@ ITEMS = {
 
 @pytest.fixture(scope="module")
 def featurizer():
-    plain = Featurizer.from_files(pretrained_path() / "tokenizer.json", FeaturizerConfig(max_length=48, max_item_tokens=8))
+    plain = Featurizer.from_files(TOKENIZER, FeaturizerConfig(max_length=48, max_item_tokens=8))
     return Featurizer(plain.tokenizer, plain.config, dict(zip(ITEMS, plain.encode_texts(list(ITEMS.values())))))
 
 
@@ -75,3 +80,32 @@ def test_pack_gives_int64_model_inputs(featurizer):
     feeds = batch.as_feeds()
     assert set(feeds) == {"input_ids", "attention_mask", "token_type_ids"}
     assert all(array.dtype == np.int64 and array.shape == batch.input_ids.shape for array in feeds.values())
+
+
+def test_serving_and_training_build_identical_token_rows(featurizer):
+    """The server's featurization of a request (catalog ids, counts, free text) gives the very rows that
+    training builds with `catalog_pairs` for the same history and candidates."""
+    free = {"free:mug": "RED SPOTTY MUG", "free:lamp": "VINTAGE BRASS DESK LAMP", "free:new": "BRAND NEW ENAMEL TEA POT"}
+    # Training knows every item by id; the server gets the same items as free text it has never seen.
+    training = Featurizer(
+        featurizer.tokenizer, featurizer.config, {**featurizer.catalog, **dict(zip(free, featurizer.encode_texts(list(free.values()))))}
+    )
+    history = [("71053", 3), ("85123A", 1), ("22423", 4), ("free:lamp", 1), ("free:mug", 2), ("71053", 5)]  # newest first
+    candidates = ["free:mug", "71053", "22423", "free:new", "85123A", "free:lamp"]
+
+    def as_request_item(item_id):
+        return {"text": free[item_id]} if item_id in free else {"item_id": item_id}
+
+    context = [ContextItem(count=count, **as_request_item(item)) for item, count in history]
+    rows = featurize(featurizer, context, [Candidate(**as_request_item(item)) for item in candidates])
+    serving = rows.feeds(np.arange(len(candidates)))
+    expected = training.pack(training.catalog_pairs(history, candidates)).as_feeds()
+    assert list(serving) == list(expected)
+    for name in expected:
+        np.testing.assert_array_equal(serving[name], expected[name], err_msg=name)
+    # The comparison covers what could differ: the mug did not fit in the context, yet keeps its count.
+    assert "mug" not in decode(featurizer, rows.context)
+    mug = serving["input_ids"][0][serving["token_type_ids"][0] == 1]
+    assert decode(featurizer, mug).startswith("2x red spotty mug")
+    new = serving["input_ids"][3][serving["token_type_ids"][3] == 1]
+    assert decode(featurizer, new).startswith("0x brand new")

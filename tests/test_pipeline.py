@@ -12,13 +12,15 @@ from edgerec.cli import main
 from edgerec.export.evaluate import EvalConfig
 from edgerec.export.pipeline import ExportConfig, export
 from edgerec.export.train import TrainConfig
-from edgerec.export.engines import PRECISIONS
-from edgerec.runtime.bundle import open_bundle
+from edgerec.export.variants import PRECISIONS
+from edgerec.core.bundle import FORMAT, open_bundle
+from edgerec.core.signatures import CROSS_ENCODER
 
-MANIFEST_KEYS = {
-    "model_name", "version", "default_engine", "engines", "inputs", "outputs", "opset", "exporter",
-    "featurizer", "tokenizer", "catalog", "metrics", "data_fingerprint", "files",
-    "fusions", "int8_choice", "gate", "precision", "tensorrt",
+MANIFEST_KEYS = {"format", "name", "version", "featurizer", "tokenizer", "catalog", "models", "files"}
+MODEL_KEYS = {
+    "signature", "variants", "default_variant", "opset", "exporter", "metrics", "data_fingerprint", "fusions",
+    "int8_choice", "gate", "precision", "derived_from", "sizes_mb", "tensorrt", "output_semantics", "num_layers",
+    "base_model",
 }  # fmt: skip
 QUICK = ExportConfig(validation_baskets=6, timing_batches=1, timing_rounds=1, batch_size=32)
 
@@ -41,28 +43,34 @@ def test_export_trains_evaluates_exports_gates_and_bundles(tiny_data, tiny_gate,
     assert (artifacts / "checkpoint" / "eval_report.json").exists()
     assert (artifacts / "bundles" / "latest").resolve() == root.resolve()
     bundle = open_bundle(artifacts / "bundles" / f"{root.name}.tar.gz", tmp_path / "unpacked")
-    manifest = bundle.manifest
-    assert MANIFEST_KEYS <= set(manifest)
-    assert {e.precision for e in bundle.engines} == {"fp32", "fp32-optimized", "int8-dynamic", "int8-static", "fp16"}
-    assert all(e.gate["passed"] for e in bundle.engines)
-    choice = manifest["int8_choice"]
-    assert manifest["default_engine"] == {"cpu": choice["chosen"], "gpu": "fp16"}
+    assert set(bundle.manifest) == MANIFEST_KEYS and bundle.manifest["format"] == FORMAT
+    assert bundle.name == "edgerec" and root.name == f"edgerec-{bundle.version}"
+    assert list(bundle.models) == [CROSS_ENCODER.name]
+    model = bundle.model(CROSS_ENCODER.name)
+    info = model.info
+    assert MODEL_KEYS <= set(bundle.manifest["models"][CROSS_ENCODER.name])
+    assert model.signature == CROSS_ENCODER
+    assert set(model.precisions) == {"fp32", "fp32-optimized", "int8-dynamic", "int8-static", "fp16"}
+    assert all(v.gate["passed"] for v in model.variants)
+    choice = info["int8_choice"]
+    assert model.default_variant == {"cpu": choice["chosen"], "gpu": "fp16"}
     assert set(choice["candidates"]) == {"int8-dynamic", "int8-static"}
-    assert manifest["data_fingerprint"] == tiny_data.fingerprint
-    assert manifest["metrics"]["evaluation"]["results"] and manifest["metrics"]["validation"]["pytorch"]["auc"] >= 0
-    assert manifest["tensorrt"]["verified"] is False
+    assert info["data_fingerprint"] == tiny_data.fingerprint
+    assert info["metrics"]["evaluation"]["results"] and info["metrics"]["validation"]["pytorch"]["auc"] >= 0
+    assert info["tensorrt"]["verified"] is False and info["tensorrt"]["file"] == model.variant(device="gpu").file
+    assert set(info["output_semantics"]) == set(CROSS_ENCODER.output_names)
 
     triton = artifacts / "triton" / "edgerec"
     assert (triton / "config.pbtxt").exists()
-    assert (triton / "1" / "model.onnx").read_bytes() == bundle.path(bundle.engine(device="cpu").file).read_bytes()
+    assert (triton / "1" / "model.onnx").read_bytes() == bundle.variant_path(CROSS_ENCODER.name, device="cpu").read_bytes()
 
     table = capsys.readouterr().out
-    assert "artifact" in table and "NDCG@10" in table and "pytorch (reference)" in table
-    for entry in bundle.engines:
-        assert entry.file in table
+    assert "variant" in table and "NDCG@10" in table and "pytorch (reference)" in table
+    for variant in model.variants:
+        assert variant.precision in table and Path(variant.file).name in table
 
 
-def test_export_command_fails_when_an_engine_fails_its_gate(tiny_checkpoint: Path, tmp_path: Path, capsys) -> None:
+def test_export_command_fails_when_a_variant_fails_its_gate(tiny_checkpoint: Path, tmp_path: Path, capsys) -> None:
     artifacts = tmp_path / "artifacts"
     shutil.copytree(tiny_checkpoint, artifacts / "checkpoint")
     (artifacts / "checkpoint" / "eval_report.json").write_text(json.dumps({"results": {}}))
@@ -75,11 +83,11 @@ def test_export_command_fails_when_an_engine_fails_its_gate(tiny_checkpoint: Pat
     assert "validation gate failed" in error
     assert "model.int8-dynamic.onnx: max_abs_diff(purchase_probability) = " in error
     assert "exceeds its bound 0" in error
-    assert "fp32.onnx" not in error  # the engine within its bounds is not blamed
+    assert "fp32.onnx" not in error  # the variant within its bounds is not blamed
     assert not (artifacts / "bundles").exists()
 
 
-@pytest.mark.parametrize("flag", ["--precisions", "--cpu-default"])
+@pytest.mark.parametrize("flag", ["--precisions", "--cpu-default", "--bundle-name"])
 def test_export_help_documents_the_settings(flag: str, capsys) -> None:
     with pytest.raises(SystemExit):
         main(["export", "--help"])

@@ -5,16 +5,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from edgerec.benchmarks.reliability import render_report
+from edgerec.benchmarks.reliability.report import render_report
 from edgerec.cli import main
 
 FIGURES = ("sent", "answered", "refused", "lost", "peak_rss_mb")
 
 
-def test_reliability_command_writes_figures_per_scenario_and_a_report(tiny_bundle: Path, tmp_path: Path) -> None:
+def test_reliability_command_writes_figures_per_scenario_and_a_report(exported_bundle: Path, tmp_path: Path) -> None:
+    """On `exported_bundle`: the sigterm scenario needs a model slow enough to hold a queue at the signal."""
     out = tmp_path / "reliability"
     code = main([
-        "reliability", "--quick", "--bundle", str(tiny_bundle), "--output-dir", str(out),
+        "reliability", "--quick", "--bundle", str(exported_bundle), "--output-dir", str(out),
         "--scenarios", "soak", "corrupt-bundle", "sigterm", "--soak-s", "2", "--capacity-s", "1",
     ])  # fmt: skip
     results = json.loads((out / "results.json").read_text())

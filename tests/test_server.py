@@ -16,10 +16,10 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from edgerec.proto import grpc_service_pb2 as kserve
 from edgerec.proto import grpc_service_pb2_grpc as kserve_grpc
 from edgerec.proto import recommender_pb2, recommender_pb2_grpc
-from edgerec.runtime.featurize import ContextEntry
+from edgerec.core.featurize import ContextEntry
 from edgerec.runtime.server import start_server
 from server_helpers import (
-    OfflineEngine,
+    OfflineModel,
     catalog_ids,
     copy_bundle,
     make_config,
@@ -38,12 +38,12 @@ def ids(tiny_bundle):
 
 @pytest.fixture(scope="module")
 def offline(tiny_bundle):
-    return OfflineEngine(tiny_bundle, "fp32")
+    return OfflineModel(tiny_bundle, "fp32")
 
 
 @pytest.fixture(scope="module")
 def server(tiny_bundle):
-    """fp32 engine (batch-invariant, so scores can be compared exactly), small batches."""
+    """fp32 variant (batch-invariant, so scores can be compared exactly), small batches."""
     handle = start_server(make_config(tiny_bundle, precision="fp32", max_batch_size=8, max_queue_delay_ms=10))
     yield handle
     handle.stop()
@@ -78,7 +78,7 @@ def status_of(call) -> tuple[grpc.StatusCode, str]:
 
 
 # -- Recommender.Score / Rank ---------------------------------------------------------------------
-def test_score_equals_offline_engine_scores_in_request_order(recommender, offline, ids):
+def test_score_equals_offline_model_scores_in_request_order(recommender, offline, ids):
     request = score_request(
         [ids[3], ("", "BRAND NEW ENAMEL TEA POT"), ids[0], ("UNKNOWN-ID", "VINTAGE PAPER CHAIN KIT"), ids[7]],
         context=[(ids[1], "", 3), ("", "HAND PAINTED CERAMIC BOWL", 1), (ids[2], "", 1)],
@@ -232,8 +232,8 @@ def packed_rows(offline, ids, count=6):
     return featurizer.pack(pairs)
 
 
-def infer_request(batch, raw: bool, **extra) -> kserve.ModelInferRequest:
-    request = kserve.ModelInferRequest(model_name="tiny", id="req-1", **extra)
+def infer_request(batch, raw: bool, model_name: str = "tiny", **extra) -> kserve.ModelInferRequest:
+    request = kserve.ModelInferRequest(model_name=model_name, id="req-1", **extra)
     for name, values in batch.as_feeds().items():
         tensor = request.inputs.add(name=name, datatype="INT64", shape=list(values.shape))
         if raw:
@@ -261,6 +261,18 @@ def test_model_infer_equals_offline_scores(inference, offline, ids, raw):
     expected_p, expected_q = offline.run_rows(batch.input_ids, batch.attention_mask, batch.token_type_ids)
     np.testing.assert_allclose(probabilities, expected_p, atol=1e-6)
     np.testing.assert_allclose(quantities, expected_q, rtol=1e-5)
+
+
+def test_the_cross_encoder_also_answers_to_its_model_name(inference, offline, ids):
+    assert inference.ModelReady(kserve.ModelReadyRequest(name="cross_encoder", version="test"), timeout=TIMEOUT).ready
+    model = inference.ModelMetadata(kserve.ModelMetadataRequest(name="cross_encoder"), timeout=TIMEOUT)
+    assert (model.name, list(model.versions)) == ("cross_encoder", ["test"])
+    assert [t.name for t in model.inputs] == ["input_ids", "attention_mask", "token_type_ids"]
+    batch = packed_rows(offline, ids, 3)
+    by_alias = inference.ModelInfer(infer_request(batch, raw=True, model_name="cross_encoder"), timeout=TIMEOUT)
+    by_bundle = inference.ModelInfer(infer_request(batch, raw=True), timeout=TIMEOUT)
+    assert (by_alias.model_name, by_alias.model_version) == ("cross_encoder", "test")
+    assert by_alias.raw_output_contents == by_bundle.raw_output_contents
 
 
 def test_model_infer_returns_only_the_requested_output(inference, offline, ids):
@@ -386,7 +398,7 @@ def test_prometheus_metrics_are_served_on_http(server, recommender, ids):
         "edgerec_batch_size_pairs_bucket",
         "edgerec_batch_padding_ratio_bucket",
         "edgerec_queue_depth_pairs",
-        'edgerec_model_info{model_name="tiny",precision="fp32"',
+        'edgerec_model_info{model="cross_encoder",model_name="tiny",precision="fp32"',
     ):
         assert name in text, name
 
@@ -481,8 +493,9 @@ def test_hot_reload_swaps_versions_without_dropping_requests(tiny_bundle, tmp_pa
 
 def test_a_broken_bundle_fails_to_load_and_the_old_one_keeps_serving(tiny_bundle, tmp_path, ids):
     broken = copy_bundle(tiny_bundle, tmp_path / "tiny-broken", "broken")
-    engine_file = json.loads((broken / "manifest.json").read_text())["engines"][0]["file"]
-    (broken / engine_file).write_bytes(b"not an onnx model")
+    variants = json.loads((broken / "manifest.json").read_text())["models"]["cross_encoder"]["variants"]
+    for variant in variants:
+        (broken / variant["file"]).write_bytes(b"not an onnx model")
     with start_server(make_config(tiny_bundle)) as handle:
         assert not handle.reload(broken)
         assert not handle.reload(tmp_path / "no-such-bundle")

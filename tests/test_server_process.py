@@ -16,7 +16,7 @@ import numpy as np
 from edgerec.proto import recommender_pb2_grpc
 from edgerec.runtime.process import ServerProcess
 from edgerec.runtime.server import start_server
-from server_helpers import OfflineEngine, catalog_ids, copy_bundle, make_config, score_request, wait_until
+from server_helpers import OfflineModel, catalog_ids, copy_bundle, make_config, score_request, wait_until
 
 
 def test_sigterm_during_load_finishes_every_admitted_request_and_exits_0(tiny_bundle):
@@ -155,7 +155,7 @@ TRITON_CLIENT = textwrap.dedent(
 
 
 def test_tritonclient_gets_health_metadata_and_the_offline_scores(tiny_bundle):
-    offline = OfflineEngine(tiny_bundle, "fp32")
+    offline = OfflineModel(tiny_bundle, "fp32")
     featurizer, ids = offline.featurizer, catalog_ids(tiny_bundle)
     context = featurizer.context_tokens([])
     batch = featurizer.pack([(context, featurizer.catalog[i]) for i in ids[:5]] + [(featurizer.catalog[ids[9]], featurizer.catalog[ids[1]])])

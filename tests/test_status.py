@@ -9,7 +9,7 @@ import grpc
 import pytest
 
 from edgerec.proto import recommender_pb2
-from edgerec.runtime.errors import EdgeRecError, ErrorCode, invalid
+from edgerec.core.errors import EdgeRecError, ErrorCode, invalid
 from edgerec.runtime.metrics import Metrics
 from edgerec.runtime.status import MAX_DETAILS_BYTES, STATUS_FOR, Undecodable, _decoder, rpc
 

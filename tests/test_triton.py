@@ -10,8 +10,9 @@ import pytest
 import tritonclient
 from google.protobuf import text_format
 
+from edgerec.core.bundle import open_bundle
+from edgerec.core.signatures import CROSS_ENCODER
 from edgerec.export.triton import TritonConfig, write_repository
-from edgerec.runtime.bundle import open_bundle
 
 
 def _load_model_config_pb2():
@@ -34,10 +35,9 @@ ONNX_TO_TRITON = {onnx.TensorProto.INT64: model_config_pb2.TYPE_INT64, onnx.Tens
 
 
 def test_config_parses_and_matches_the_onnx_model(tiny_bundle: Path, tmp_path: Path) -> None:
-    bundle = open_bundle(tiny_bundle)
-    engine = bundle.path(bundle.engine(device="cpu").file)
+    variant = open_bundle(tiny_bundle).variant_path(CROSS_ENCODER.name, device="cpu")
     settings = TritonConfig(max_batch_size=32, preferred_batch_sizes=(4, 16), max_queue_delay_us=500, instances=2)
-    folder = write_repository(tmp_path / "triton", "tiny", engine, settings)
+    folder = write_repository(tmp_path / "triton", "tiny", variant, settings)
 
     config = text_format.Parse((folder / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
     assert config.name == "tiny" == folder.name
@@ -46,7 +46,7 @@ def test_config_parses_and_matches_the_onnx_model(tiny_bundle: Path, tmp_path: P
     assert list(config.dynamic_batching.preferred_batch_size) == [4, 16]
     assert config.dynamic_batching.max_queue_delay_microseconds == 500
     assert [(g.count, g.kind) for g in config.instance_group] == [(2, model_config_pb2.ModelInstanceGroup.KIND_CPU)]
-    assert (folder / "1" / "model.onnx").read_bytes() == engine.read_bytes()
+    assert (folder / "1" / "model.onnx").read_bytes() == variant.read_bytes()
 
     graph = onnx.load(str(folder / "1" / "model.onnx")).graph
     for declared, actual in ((config.input, graph.input), (config.output, graph.output)):
@@ -58,8 +58,13 @@ def test_config_parses_and_matches_the_onnx_model(tiny_bundle: Path, tmp_path: P
             shape_without_batch = list(d.reshape.shape) if d.HasField("reshape") else list(d.dims)
             assert len(shape_without_batch) == model_rank - 1
     assert [list(i.dims) for i in config.input] == [[-1]] * 3
+    assert [i.name for i in config.input] == list(CROSS_ENCODER.input_names)
+    assert [o.name for o in config.output] == list(CROSS_ENCODER.output_names)
 
 
 def test_preferred_batches_larger_than_the_maximum_are_refused(tiny_bundle: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="exceed max_batch_size"):
-        write_repository(tmp_path, "tiny", tiny_bundle / "model.fp32.onnx", TritonConfig(max_batch_size=8, preferred_batch_sizes=(16,)))
+        write_repository(
+            tmp_path, "tiny", open_bundle(tiny_bundle).variant_path(CROSS_ENCODER.name, "fp32"),
+            TritonConfig(max_batch_size=8, preferred_batch_sizes=(16,)),
+        )

@@ -16,20 +16,14 @@ import dataclasses
 import time
 from collections.abc import Callable
 
-import grpc
 import numpy as np
 
-from edgerec.benchmarks.reliability_config import ReliabilityConfig
-from edgerec.benchmarks.reliability_harness import (
-    Check,
-    Scenario,
-    ScoreWorkload,
-    ServerUnderTest,
-    Tally,
-    closed_loop,
-    open_loop,
-    percentile_ms,
-)
+from edgerec.benchmarks.harness.driver import closed_loop, open_loop
+from edgerec.benchmarks.harness.requests import RequestPool
+from edgerec.benchmarks.harness.results import Tally, percentile_ms
+from edgerec.benchmarks.harness.server import ServerUnderTest
+from edgerec.benchmarks.reliability.config import ReliabilityConfig
+from edgerec.benchmarks.reliability.report import Check, Scenario
 from edgerec.proto import recommender_pb2_grpc
 from edgerec.runtime.config import Config
 
@@ -50,20 +44,16 @@ class Capacity:
         return dataclasses.asdict(self)
 
 
-def _stub_call(channel: grpc.aio.Channel, workload: ScoreWorkload, timeout_s: float):
-    stub = recommender_pb2_grpc.RecommenderStub(channel)
-    return lambda: stub.Score(workload.take(), timeout=timeout_s)
-
-
-def measure_capacity(server: ServerUnderTest, workload: ScoreWorkload, config: ReliabilityConfig) -> Capacity:
+def measure_capacity(server: ServerUnderTest, workload: RequestPool, config: ReliabilityConfig) -> Capacity:
     """Closed loop at `capacity_concurrency` for `capacity_s` (after a short unmeasured warm-up)."""
 
     async def main() -> tuple[Tally, float]:
-        async with grpc.aio.insecure_channel(server.target) as channel:
-            call = _stub_call(channel, workload, config.request_timeout_s)
-            await closed_loop(call, config.capacity_concurrency, min(1.0, config.capacity_s / 4), Tally())
+        async with server.channel() as channel:
+            call = workload.calls(recommender_pb2_grpc.RecommenderStub(channel), config.request_timeout_s)
+            await closed_loop(call, Tally(), config.capacity_concurrency, min(1.0, config.capacity_s / 4))
             tally = Tally()
-            return tally, await closed_loop(call, config.capacity_concurrency, config.capacity_s, tally)
+            run = await closed_loop(call, tally, config.capacity_concurrency, config.capacity_s)
+            return tally, tally.answered / run.seconds
 
     started = time.perf_counter()
     tally, rate = asyncio.run(main())
@@ -80,25 +70,28 @@ def measure_capacity(server: ServerUnderTest, workload: ScoreWorkload, config: R
 
 def _run_open_loop(
     server: ServerUnderTest,
-    workload: ScoreWorkload,
+    workload: RequestPool,
     rate: float,
     seconds: float,
     tally: Tally,
     config: ReliabilityConfig,
     progress: Progress | None,
 ) -> float:
+    """Poisson arrivals at `rate` for `seconds`, answers awaited up to their deadline; the achieved arrival rate."""
+
     async def main() -> float:
-        async with grpc.aio.insecure_channel(server.target) as channel:
-            call = _stub_call(channel, workload, config.request_timeout_s)
+        async with server.channel() as channel:
+            call = workload.calls(recommender_pb2_grpc.RecommenderStub(channel), config.request_timeout_s)
             rng = np.random.default_rng(config.seed)
-            return await open_loop(call, rate, seconds, tally, rng, config.request_timeout_s + 5.0, progress)
+            run = await open_loop(call, tally, rate, seconds, rng, config.request_timeout_s + 5.0, tick=progress)
+            return run.arrival_rate
 
     return asyncio.run(main())
 
 
 def soak(
     server: ServerUnderTest,
-    workload: ScoreWorkload,
+    workload: RequestPool,
     capacity: Capacity,
     config: ReliabilityConfig,
     progress: Progress | None = None,
@@ -110,7 +103,7 @@ def soak(
     achieved = _run_open_loop(server, workload, rate, config.soak_s, tally, config, progress)
     stopped = time.perf_counter()
     fifth = (stopped - started) / 5
-    first, last = server.memory.between(started, started + fifth), server.memory.between(stopped - fifth, stopped)
+    first, last = server.memory.mb_between(started, started + fifth), server.memory.mb_between(stopped - fifth, stopped)
     growth = float(np.median(last) - np.median(first)) if first.size and last.size else float("nan")
     figures = {
         **tally.summary(),
@@ -139,7 +132,7 @@ def soak(
 
 def overload(
     server: ServerUnderTest,
-    workload: ScoreWorkload,
+    workload: RequestPool,
     capacity: Capacity,
     config: ReliabilityConfig,
     served: Config,

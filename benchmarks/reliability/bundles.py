@@ -1,15 +1,17 @@
 """Bundles made wrong on purpose, for the fault scenarios.
 
-Each starts as a slim copy of the bundle under test (manifest, tokenizer,
-catalog and the one engine served) and is then broken the way real bundles
-break: a model file truncated or altered after signing (the checksum must
-catch it), a model file that is signed but is no ONNX model (loading must
-catch it), or an engine that loads and warms up but raises at run time on
-any batch holding one marked token (a poisoned batch).
+Each starts as a slim copy of the bundle under test (a format-2 manifest,
+tokenizer, catalog and the one variant served of each model, under
+`models/<model>/`) and is then broken the way real bundles break: a variant
+file truncated or altered after signing (the checksum must catch it), a
+variant file that is signed but is no ONNX model (loading must catch it), or
+a cross-encoder that loads and warms up but raises at run time on any batch
+holding one marked token (a poisoned batch).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -20,35 +22,48 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from edgerec.runtime.bundle import MANIFEST, open_bundle, write_manifest
-from edgerec.runtime.featurize import Featurizer
+from edgerec.benchmarks.harness.requests import bundle_featurizer
+from edgerec.core.bundle import MANIFEST, open_bundle, write_manifest
+from edgerec.core.featurize import Featurizer
+from edgerec.core.signatures import CROSS_ENCODER, TensorSpec
 
-ENGINE_OPSET = 17
+MODEL_OPSET = 17
 POISON_WORDS = ("volcano", "zeppelin", "tornado", "penguin", "walrus", "glacier")
 
 
 def slim_copy(source: Path, target: Path, version: str | None = None, precision: str | None = None) -> Path:
-    """A signed bundle at `target` holding only `source`'s engine for `precision` (default: its CPU default)."""
+    """A signed bundle at `target` holding only the variant each model serves on the CPU.
+
+    `precision` picks the cross-encoder's variant (default: its CPU default);
+    every other model keeps its CPU default. The manifest is format 2, whatever
+    format `source` has.
+    """
     bundle = open_bundle(source)
-    entry = bundle.engine(precision or None, "cpu")
     target.mkdir(parents=True)
-    manifest = dict(bundle.manifest)
-    for name in {manifest["tokenizer"], manifest["catalog"], entry.file}:
-        (target / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(bundle.path(name), target / name)
-    manifest.pop("files", None)
-    manifest["engines"] = [e for e in manifest["engines"] if e["file"] == entry.file]
-    manifest["default_engine"] = {"cpu": entry.precision, "gpu": entry.precision}
+    models = {}
+    for name, model in bundle.models.items():
+        variant = model.variant(precision if name == CROSS_ENCODER.name else None, "cpu")
+        models[name] = {
+            **bundle.manifest["models"][name],
+            "variants": [dataclasses.asdict(variant)],
+            "default_variant": {"cpu": variant.precision, "gpu": variant.precision},
+        }
+    manifest = {key: value for key, value in bundle.manifest.items() if key not in ("files", "format")}
+    manifest["models"] = models
     if version is not None:
         manifest["version"] = version
+    kept = [manifest["tokenizer"], manifest["catalog"], *(entry["variants"][0]["file"] for entry in models.values())]
+    for name in kept:
+        (target / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(bundle.path(name), target / name)
     write_manifest(target, manifest)
     return target
 
 
-def engine_file(root: Path) -> Path:
-    """The one engine file of a slim bundle."""
+def variant_path(root: Path) -> Path:
+    """The cross-encoder's one variant file in a slim bundle (read from the manifest, checksums unchecked)."""
     manifest = json.loads((root / MANIFEST).read_text())
-    return root / manifest["engines"][0]["file"]
+    return root / manifest["models"][CROSS_ENCODER.name]["variants"][0]["file"]
 
 
 def expected_checksum(root: Path, path: Path) -> str:
@@ -73,8 +88,7 @@ def alter(path: Path) -> None:
 def resign(root: Path) -> None:
     """Rewrite the manifest's checksums for the files as they are now."""
     manifest = json.loads((root / MANIFEST).read_text())
-    manifest.pop("files", None)
-    write_manifest(root, manifest)
+    write_manifest(root, {key: value for key, value in manifest.items() if key not in ("files", "format")})
 
 
 def pack_truncated(root: Path, archive: Path) -> Path:
@@ -95,47 +109,53 @@ def poison_token(featurizer: Featurizer) -> tuple[str, int]:
     raise RuntimeError(f"none of {POISON_WORDS} is a single token unused by the catalog")
 
 
-def poisoned_engine(poison_id: int) -> onnx.ModelProto:
-    """The serving signature; answers 0.5 / 1.0 per row, and raises (Gather out of range) on `poison_id`.
+def _value_info(spec: TensorSpec) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(spec.name, helper.np_dtype_to_tensor_dtype(spec.numpy_dtype), list(spec.shape))
+
+
+def poisoned_model(poison_id: int) -> onnx.ModelProto:
+    """The cross-encoder's signature; answers 0.5 / 1.0 per row, and raises (Gather out of range) on `poison_id`.
 
     Rows without the token look up index 0 of a one-entry table; a row holding
     it looks up index `poison_id`, which ONNX Runtime refuses at run time.
     """
-    ids = helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"])
-    mask = helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "sequence"])
-    types = helper.make_tensor_value_info("token_type_ids", TensorProto.INT64, ["batch", "sequence"])
-    probability = helper.make_tensor_value_info("purchase_probability", TensorProto.FLOAT, ["batch"])
-    quantity = helper.make_tensor_value_info("expected_quantity", TensorProto.FLOAT, ["batch"])
+    ids, mask, types = CROSS_ENCODER.input_names
+    probability, quantity = CROSS_ENCODER.output_names
     initializers = [
         numpy_helper.from_array(np.array(poison_id, dtype=np.int64), "poison"),
         numpy_helper.from_array(np.zeros(1, dtype=np.float32), "table"),
         numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1"),
     ]
     nodes = [
-        helper.make_node("Equal", ["input_ids", "poison"], ["is_poison"]),
+        helper.make_node("Equal", [ids, "poison"], ["is_poison"]),
         helper.make_node("Cast", ["is_poison"], ["poison_flag"], to=TensorProto.INT64),
-        helper.make_node("Mul", ["poison_flag", "input_ids"], ["lookup"]),
+        helper.make_node("Mul", ["poison_flag", ids], ["lookup"]),
         helper.make_node("Gather", ["table", "lookup"], ["looked_up"], axis=0),
-        helper.make_node("Mul", ["attention_mask", "token_type_ids"], ["mask_types"]),
+        helper.make_node("Mul", [mask, types], ["mask_types"]),
         helper.make_node("Cast", ["mask_types"], ["mask_types_f"], to=TensorProto.FLOAT),
         helper.make_node("Mul", ["looked_up", "mask_types_f"], ["row_terms"]),
         helper.make_node("ReduceSum", ["row_terms", "axis1"], ["logit"], keepdims=0),
-        helper.make_node("Sigmoid", ["logit"], ["purchase_probability"]),
-        helper.make_node("Exp", ["logit"], ["expected_quantity"]),
+        helper.make_node("Sigmoid", ["logit"], [probability]),
+        helper.make_node("Exp", ["logit"], [quantity]),
     ]
-    graph = helper.make_graph(nodes, "poisoned", [ids, mask, types], [probability, quantity], initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ENGINE_OPSET)], producer_name="edgerec-reliability")
+    graph = helper.make_graph(
+        nodes,
+        "poisoned",
+        [_value_info(spec) for spec in CROSS_ENCODER.inputs],
+        [_value_info(spec) for spec in CROSS_ENCODER.outputs],
+        initializers,
+    )
+    opsets = [helper.make_opsetid("", MODEL_OPSET)]
+    model = helper.make_model(graph, opset_imports=opsets, producer_name="edgerec-reliability")
     onnx.checker.check_model(model)
     return model
 
 
 def poisoned_bundle(source: Path, target: Path) -> tuple[Path, str]:
-    """A signed bundle whose engine fails on every batch holding the returned poison word."""
+    """A signed bundle whose cross-encoder fails on every batch holding the returned poison word."""
     slim_copy(source, target, version="poisoned")
-    bundle = open_bundle(target)
-    featurizer = Featurizer.from_files(bundle.tokenizer_path, catalog_path=bundle.catalog_path)
-    word, token = poison_token(featurizer)
-    onnx.save(poisoned_engine(token), engine_file(target))
+    word, token = poison_token(bundle_featurizer(open_bundle(target)))
+    onnx.save(poisoned_model(token), variant_path(target))
     resign(target)
     return target, word
 

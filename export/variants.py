@@ -1,10 +1,16 @@
-"""Builds every engine file of one model: export, fusion, quantization, fp16.
+"""Builds every variant (precision file) of the cross-encoder: export, fusion, quantization, fp16.
 
 This is the part of `edgerec export` that turns weights into ONNX files; the
 pipeline adds training, validation and bundling around it, and the tests run
-it on a tiny random BERT. Every lower precision is derived from the fused
-fp32 graph, so all CPU engines share its operator fusions. The calibration
-pairs for int8 static are built from baskets exactly as in training.
+it on a tiny random BERT.
+- fp32: the plain export; fp32-optimized: it fused by ONNX Runtime's
+  transformer optimizer (`optimize.py`);
+- int8 dynamic and int8 static: derived from the fused fp32 graph, so the CPU
+  variants share its operator fusions; the calibration pairs of int8 static
+  are built from baskets exactly as in training (`Featurizer.catalog_pairs`);
+- fp16, the GPU variant: converted from the plain fp32 export, because the
+  fused graph's ONNX Runtime contrib operators (Attention,
+  SkipLayerNormalization, ...) are not layers TensorRT can run.
 """
 
 from __future__ import annotations
@@ -17,22 +23,24 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from edgerec.core.featurize import EncodedBatch, Featurizer
+from edgerec.export.evaluate import basket_pairs
 from edgerec.export.model import CrossEncoderRecommender
 from edgerec.export.onnx_export import OPSET, ExportRecord, export_onnx
 from edgerec.export.optimize import OptimizeRecord, optimize_onnx
 from edgerec.export.quantize import QuantizeConfig, convert_fp16, pad_batch, quantize_int8_dynamic, quantize_int8_static
-from edgerec.export.evaluate import basket_pairs
 from edgerec.export.samples import Basket
-from edgerec.runtime.featurize import EncodedBatch, Featurizer
 
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "fp32-optimized", "int8-dynamic", "int8-static", "fp16")
+# The variant each derived variant is made from (see the module docstring).
+SOURCE_OF = {"fp32-optimized": "fp32", "int8-dynamic": "fp32-optimized", "int8-static": "fp32-optimized", "fp16": "fp32"}
 
 
 @dataclasses.dataclass(frozen=True)
-class EngineSet:
-    """The engine files of one model, by precision, and how they were made."""
+class VariantSet:
+    """The variant files of one model, by precision, and how they were made."""
 
     paths: dict[str, Path]
     export: ExportRecord
@@ -59,7 +67,7 @@ def calibration_feeds(batches: Sequence[EncodedBatch], pad_id: int) -> list[dict
     return [pad_batch(batch, length, pad_id) for batch in batches]
 
 
-def build_engines(
+def build_variants(
     model: CrossEncoderRecommender,
     workdir: Path,
     precisions: Sequence[str] = PRECISIONS,
@@ -68,8 +76,13 @@ def build_engines(
     quantize: QuantizeConfig = QuantizeConfig(),
     opset: int = OPSET,
     progress: bool = True,
-) -> EngineSet:
-    """Write the requested engines into `workdir`; int8 static needs `calibration` batches."""
+) -> VariantSet:
+    """Write `model.<precision>.onnx` into `workdir` for each requested precision.
+
+    fp32 and fp32-optimized are always written (every other variant derives
+    from one of them) but returned only if requested. Raises ValueError for an unknown precision, or for
+    int8-static without `calibration` batches.
+    """
     unknown = set(precisions) - set(PRECISIONS)
     if unknown:
         raise ValueError(f"unknown precision(s) {sorted(unknown)}; choose from {PRECISIONS}")
@@ -79,21 +92,21 @@ def build_engines(
     workdir.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
     steps = ["export", "optimize", *[p for p in precisions if p not in ("fp32", "fp32-optimized")]]
-    bar = tqdm(steps, desc="engines", unit="step", disable=not progress)
+    bar = tqdm(steps, desc="variants", unit="step", disable=not progress)
     for step in bar:
         bar.set_postfix_str(step)
         if step == "export":
             exported = export_onnx(model, workdir / "model.fp32.onnx", opset)
             paths["fp32"] = exported.path
         elif step == "optimize":
-            optimized = optimize_onnx(exported.path, workdir / "model.fp32-optimized.onnx", model.config)
+            optimized = optimize_onnx(paths[SOURCE_OF["fp32-optimized"]], workdir / "model.fp32-optimized.onnx", model.config)
             paths["fp32-optimized"] = optimized.path
         elif step == "int8-dynamic":
-            paths[step] = quantize_int8_dynamic(optimized.path, workdir / "model.int8-dynamic.onnx", quantize)
+            paths[step] = quantize_int8_dynamic(paths[SOURCE_OF[step]], workdir / "model.int8-dynamic.onnx", quantize)
         elif step == "int8-static":
             feeds = calibration_feeds(calibration, pad_id)
-            paths[step] = quantize_int8_static(optimized.path, workdir / "model.int8-static.onnx", feeds, quantize)
+            paths[step] = quantize_int8_static(paths[SOURCE_OF[step]], workdir / "model.int8-static.onnx", feeds, quantize)
         elif step == "fp16":
-            paths[step] = convert_fp16(optimized.path, workdir / "model.fp16.onnx")
+            paths[step] = convert_fp16(paths[SOURCE_OF[step]], workdir / "model.fp16.onnx")
     wanted = {p: paths[p] for p in PRECISIONS if p in precisions}
-    return EngineSet(paths=wanted, export=exported, optimize=optimized)
+    return VariantSet(paths=wanted, export=exported, optimize=optimized)

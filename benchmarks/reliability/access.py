@@ -17,6 +17,7 @@ line in a scratch folder.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import ipaddress
 import secrets
@@ -29,8 +30,10 @@ import grpc
 import psutil
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from edgerec.benchmarks.reliability_config import ReliabilityConfig
-from edgerec.benchmarks.reliability_harness import Check, Scenario, ServerUnderTest, Tally
+from edgerec.benchmarks.harness.results import Tally
+from edgerec.benchmarks.harness.server import ServerUnderTest
+from edgerec.benchmarks.reliability.config import ReliabilityConfig
+from edgerec.benchmarks.reliability.report import Check, Scenario
 from edgerec.proto import grpc_service_pb2, grpc_service_pb2_grpc, recommender_pb2, recommender_pb2_grpc
 
 ATTEMPTS = 3  # requests per kind of attempt
@@ -227,7 +230,7 @@ def access(bundle: Path, workdir: Path, config: ReliabilityConfig, item_ids: lis
     figures.update(
         sent=sum(t.sent for t in results.values()),
         answered=sum(t.answered for t in results.values()),
-        refused=_sum_counters(t.refused for t in results.values()),
+        refused=dict(sum((t.refused for t in results.values()), collections.Counter())),
         lost=sum(t.lost for t in results.values()),
         let_in=sum(let_in.values()),
         attempts={a.name: {"expected": a.expected, **_short(results[a.name])} for a in everything},
@@ -273,15 +276,6 @@ def _echo_request() -> tuple[recommender_pb2.RankRequest, int]:
 
 
 def _short(tally: Tally) -> dict:
-    codes = dict(tally.refused) | dict(tally.unexpected)
-    if tally.answered:
-        codes["OK"] = tally.answered
-    return {"sent": tally.sent, "codes": codes, "details": tally.summary()["details"]}
-
-
-def _sum_counters(counters) -> dict[str, int]:
-    total: dict[str, int] = {}
-    for counter in counters:
-        for code, n in counter.items():
-            total[code] = total.get(code, 0) + n
-    return total
+    """What one kind of client got: every code, OK included, and the first details per code."""
+    codes = {**tally.failures, **({"OK": tally.answered} if tally.answered else {})}
+    return {"sent": tally.sent, "codes": codes, "details": dict(tally.examples)}

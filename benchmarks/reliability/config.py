@@ -1,4 +1,4 @@
-"""Every setting of `edgerec reliability`, with its default, in one place.
+"""Every setting of `edgerec reliability`, with its default, in one place, and the servers' own.
 
 The defaults size a run to a few minutes on two CPU cores: capacity ~10 s,
 soak 2 min at 70 % of capacity, overload 30 s at 3x capacity, the fault,
@@ -8,10 +8,14 @@ scenario to a second or two for tests and smoke runs.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
 
-from edgerec.settings import setting
+from edgerec.benchmarks.harness.config import LoadTestConfig
+from edgerec.core.settings import setting
+from edgerec.runtime.config import Config, add_config_arguments, load_config
 
 SCENARIOS = (
     "soak",
@@ -21,13 +25,13 @@ SCENARIOS = (
     "corrupt-bundle",
     "broken-reload",
     "sigterm",
-    "engine-fault",
+    "backend-fault",
     "access",
 )
 
 
 @dataclasses.dataclass(frozen=True)
-class ReliabilityConfig:
+class ReliabilityConfig(LoadTestConfig):
     """What runs, for how long, and the bounds each scenario is held to."""
 
     bundle: Path = setting(Path("artifacts/bundles/latest"), "bundle folder or .tar.gz to serve in every scenario")
@@ -37,10 +41,7 @@ class ReliabilityConfig:
     server_config: Path | None = setting(
         None, "`edgerec serve --config` file (TOML/JSON) for the servers under test; default: the server's defaults"
     )
-    precision: str = setting("", "engine precision to serve; empty: the bundle's default CPU engine")
-    min_candidates: int = setting(10, "fewest candidates in one Score request")
-    max_candidates: int = setting(100, "most candidates in one Score request")
-    request_timeout_s: float = setting(30.0, "gRPC deadline of every request the load generators send")
+    max_history_items: int = setting(11, "most past items in one Score request (0..this many, drawn from the catalog)")
     capacity_s: float = setting(10.0, "closed-loop run that measures capacity (answered requests/s)")
     capacity_concurrency: int = setting(8, "requests in flight while capacity is measured")
     soak_fraction: float = setting(0.7, "soak load as a fraction of capacity (open loop)")
@@ -58,13 +59,11 @@ class ReliabilityConfig:
         "overload passes if the p99 of admitted requests is at most this many times "
         "(a full queue's drain time at capacity + the p99 at capacity)",
     )
-    fault_load_s: float = setting(4.0, "background load around each fault (reload, SIGTERM, engine failure)")
+    fault_load_s: float = setting(4.0, "background load around each fault (reload, SIGTERM, backend failure)")
     fault_concurrency: int = setting(4, "requests in flight in the background load around each fault")
     drain_burst_pairs: int = setting(2048, "SIGTERM: pairs admitted in a burst just before the signal (at most half the queue bound)")
     abandoned_requests: int = setting(40, "requests that give up (deadline or cancel) while queued")
     fuzz_examples: int = setting(300, "hostile messages generated per message kind (Score, Rank, ModelInfer, raw bytes)")
-    startup_timeout_s: float = setting(120.0, "longest wait for a server to start")
-    seed: int = setting(0, "seed of the request pool, the arrivals and the fuzzer")
 
     def serve_flags(self) -> list[str]:
         """`edgerec serve` flags every server under test gets."""
@@ -85,3 +84,11 @@ QUICK = ReliabilityConfig(
     fuzz_examples=40,
     startup_timeout_s=60.0,
 )
+
+
+def served_config(flags: Sequence[str]) -> Config:
+    """The configuration `edgerec serve <flags>` runs with (defaults, config file, EDGEREC_* variables, flags)."""
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser)
+    args, _ = parser.parse_known_args(list(flags))
+    return load_config(args)

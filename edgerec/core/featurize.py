@@ -14,6 +14,12 @@ always fits.
 Known items are tokenized once (the bundle's catalog holds their token ids);
 only free text is tokenized per request. Pairs are padded to the longest pair
 of their batch, never to `max_length`.
+
+`Featurizer.build_pairs` is the one pair builder: training, evaluation, the
+export's gate, the server and the tests all turn (history, candidates) into
+token rows through it, so they agree token for token. An item is identified
+by its `item_key` (the catalog id, else its free text): a candidate's repeat
+count is the count of the newest history entry with the same key.
 """
 
 from __future__ import annotations
@@ -26,8 +32,9 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from edgerec.runtime.errors import invalid
-from edgerec.settings import setting
+from edgerec.core.errors import invalid
+from edgerec.core.settings import setting
+from edgerec.core.signatures import CROSS_ENCODER
 
 TokenIds = tuple[int, ...]
 COUNT_TOKENS = 3  # room reserved for a candidate's "<n>x" prefix (n <= 999)
@@ -38,7 +45,9 @@ class FeaturizerConfig:
     """How (context, candidate) pairs become token ids; saved in checkpoints and bundles."""
 
     max_length: int = setting(128, "tokens in one (context, candidate) pair, specials included")
-    max_item_tokens: int = setting(24, "tokens kept of one item's text (candidate or context entry)")
+    max_item_tokens: int = setting(
+        16, "tokens kept of one item's text (candidate or context entry); the longest title in the shop data has 13"
+    )
     max_text_chars: int = setting(512, "longest free text accepted for one item, in characters")
 
     @property
@@ -47,12 +56,29 @@ class FeaturizerConfig:
         return self.max_length - 3 - self.max_item_tokens - COUNT_TOKENS
 
 
+def item_key(item_id: str = "", text: str = "") -> str:
+    """What makes two references the same item: the catalog id, else the free text."""
+    return item_id if item_id else "\0" + text
+
+
 @dataclasses.dataclass(frozen=True)
 class ContextEntry:
-    """One past item of a customer: its token ids and how many earlier baskets held it."""
+    """One past item of a customer: its token ids, how many earlier baskets held it, and its `item_key`."""
 
     tokens: TokenIds
     count: int = 1
+    key: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class PairSet:
+    """One customer's pairs: the context shared by every candidate, and each candidate's tokens (count included)."""
+
+    context: TokenIds
+    candidates: tuple[TokenIds, ...]
+
+    def pairs(self) -> list[tuple[TokenIds, TokenIds]]:
+        return [(self.context, candidate) for candidate in self.candidates]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,11 +98,8 @@ class EncodedBatch:
         return int(self.attention_mask.size)
 
     def as_feeds(self) -> dict[str, np.ndarray]:
-        return {
-            "input_ids": self.input_ids,
-            "attention_mask": self.attention_mask,
-            "token_type_ids": self.token_type_ids,
-        }
+        """The cross-encoder's feeds, by its signature's input names."""
+        return dict(zip(CROSS_ENCODER.input_names, (self.input_ids, self.attention_mask, self.token_type_ids)))
 
 
 class Featurizer:
@@ -156,13 +179,26 @@ class Featurizer:
         """A candidate as the model reads it: "<n>x" (earlier baskets that held it; 0: new to the customer) + its text."""
         return self._count_tokens(times_bought, minimum=0) + tokens
 
+    def build_pairs(self, history: Sequence[ContextEntry], candidates: Sequence[tuple[str, TokenIds]]) -> PairSet:
+        """The one pair builder: the context of `history` (newest first) and each `(item_key, tokens)` candidate.
+
+        A candidate's "<n>x" is the count of the newest history entry with its
+        key (0: new to the customer), whether or not that entry fit in the context.
+        """
+        bought: dict[str, int] = {}
+        for entry in history:
+            bought.setdefault(entry.key, entry.count)  # the newest entry wins if an item repeats
+        return PairSet(
+            self.context_tokens(history),
+            tuple(self.candidate_tokens(tokens, bought.get(key, 0)) for key, tokens in candidates),
+        )
+
     def catalog_pairs(
         self, history: Sequence[tuple[str, int]], candidates: Sequence[str]
     ) -> list[tuple[TokenIds, TokenIds]]:
-        """(context, candidate) pairs when history (newest first, with counts) and candidates are catalog ids."""
-        context = self.context_tokens(ContextEntry(self.catalog[item], count) for item, count in history)
-        bought = dict(reversed(history))  # the newest entry wins if an id repeats
-        return [(context, self.candidate_tokens(self.catalog[item], bought.get(item, 0))) for item in candidates]
+        """`build_pairs` for a history (newest first, with counts) and candidates that are catalog ids."""
+        entries = [ContextEntry(self.catalog[item], count, item_key(item)) for item, count in history]
+        return self.build_pairs(entries, [(item_key(item), self.catalog[item]) for item in candidates]).pairs()
 
     def _count_tokens(self, count: int, minimum: int = 1) -> TokenIds:
         count = min(max(minimum, int(count)), 999)

@@ -1,14 +1,14 @@
-"""Fault scenarios: broken bundles, hot reloads gone wrong, a failing engine.
+"""Fault scenarios: broken bundles, hot reloads gone wrong, a failing backend.
 
 Each one provokes the fault for real, the way it happens on an edge box:
-- corrupt-bundle: an engine file truncated or altered after signing, and a
+- corrupt-bundle: a variant file truncated or altered after signing, and a
   truncated archive; `edgerec serve` must refuse to start, naming the file
   and both checksums;
 - broken-reload: under load, the `latest` symlink is pointed at a tampered
-  bundle, then at one whose engine is not ONNX, each followed by SIGHUP;
-  the old version keeps answering and each failure is logged and counted;
-  then a good bundle goes live without losing a request;
-- engine-fault: an engine that raises on any batch holding a marked token;
+  bundle, then at one whose variant file is not ONNX, each followed by
+  SIGHUP; the old version keeps answering and each failure is logged and
+  counted; then a good bundle goes live without losing a request;
+- backend-fault: a model that raises on any batch holding a marked token;
   only those batches fail, with a clear INTERNAL, and the server carries on.
 """
 
@@ -19,23 +19,15 @@ import re
 import time
 from pathlib import Path
 
-import grpc
-
-from edgerec.benchmarks import reliability_bundles as bundles
-from edgerec.benchmarks.reliability_config import ReliabilityConfig
-from edgerec.benchmarks.reliability_harness import (
-    Check,
-    Scenario,
-    ScoreWorkload,
-    ServerUnderTest,
-    Tally,
-    closed_loop,
-    health_check,
-    send,
-    until_metric,
-)
+from edgerec.benchmarks.harness.driver import closed_loop, send
+from edgerec.benchmarks.harness.requests import RequestPool
+from edgerec.benchmarks.harness.results import Tally
+from edgerec.benchmarks.harness.server import ServerUnderTest, health_check
+from edgerec.benchmarks.reliability import bundles
+from edgerec.benchmarks.reliability.config import ReliabilityConfig
+from edgerec.benchmarks.reliability.report import Check, Scenario
+from edgerec.core.bundle import sha256_file
 from edgerec.proto import recommender_pb2, recommender_pb2_grpc
-from edgerec.runtime.bundle import sha256_file
 from edgerec.runtime.config import Config
 
 
@@ -52,11 +44,11 @@ def _try_start(bundle: Path, config: ReliabilityConfig) -> tuple[bool, str]:
 
 
 def corrupt_bundle(bundle: Path, workdir: Path, config: ReliabilityConfig) -> Scenario:
-    """Truncated engine, altered engine, truncated archive: the server must refuse each, naming what is wrong."""
+    """Truncated variant, altered variant, truncated archive: the server must refuse each, naming what is wrong."""
     cases = []
-    for kind, damage in (("truncated engine file", bundles.truncate), ("altered engine file", bundles.alter)):
+    for kind, damage in (("truncated variant file", bundles.truncate), ("altered variant file", bundles.alter)):
         root = bundles.slim_copy(bundle, workdir / kind.replace(" ", "-"), precision=config.precision or None)
-        path = bundles.engine_file(root)
+        path = bundles.variant_path(root)
         expected = bundles.expected_checksum(root, path)
         damage(path)
         actual = sha256_file(path)
@@ -109,15 +101,15 @@ def _case(kind: str, started: bool, said: str, named: bool, path: Path) -> dict:
 
 
 # -- broken reload ---------------------------------------------------------------------------
-def broken_reload(bundle: Path, workdir: Path, config: ReliabilityConfig, workload: ScoreWorkload) -> Scenario:
+def broken_reload(bundle: Path, workdir: Path, config: ReliabilityConfig, workload: RequestPool) -> Scenario:
     """Under load: SIGHUP onto a tampered bundle, then onto an unloadable one, then onto a good one."""
     precision = config.precision or None
     current = bundles.slim_copy(bundle, workdir / "reload-v1", version="v1", precision=precision)
     tampered = bundles.slim_copy(bundle, workdir / "reload-tampered", version="tampered", precision=precision)
-    bundles.alter(bundles.engine_file(tampered))
+    bundles.alter(bundles.variant_path(tampered))
     unloadable = bundles.slim_copy(bundle, workdir / "reload-unloadable", version="unloadable", precision=precision)
-    bundles.engine_file(unloadable).write_bytes(b"this is not an ONNX model\n" * 64)
-    bundles.resign(unloadable)  # the checksums pass; loading the engine must fail
+    bundles.variant_path(unloadable).write_bytes(b"this is not an ONNX model\n" * 64)
+    bundles.resign(unloadable)  # the checksums pass; loading the variant must fail
     newer = bundles.slim_copy(bundle, workdir / "reload-v2", version="v2", precision=precision)
     link = workdir / "latest"
     bundles.point_link(link, current)
@@ -130,7 +122,7 @@ def broken_reload(bundle: Path, workdir: Path, config: ReliabilityConfig, worklo
     with ServerUnderTest(link, config.serve_flags(), startup_timeout_s=config.startup_timeout_s) as server:
 
         async def main() -> None:
-            async with grpc.aio.insecure_channel(server.target) as channel:
+            async with server.channel() as channel:
                 stub = recommender_pb2_grpc.RecommenderStub(channel)
 
                 async def call() -> None:
@@ -139,18 +131,18 @@ def broken_reload(bundle: Path, workdir: Path, config: ReliabilityConfig, worklo
                     answers.append((sent, reply.model_version))
 
                 stop = asyncio.Event()
-                load = asyncio.create_task(closed_loop(call, config.fault_concurrency, 3600.0, tally, stop))
+                load = asyncio.create_task(closed_loop(call, tally, config.fault_concurrency, 3600.0, stop=stop))
                 await asyncio.sleep(pause)
                 marks["first broken reload"] = time.perf_counter()
                 for failures, broken in enumerate((tampered, unloadable), start=1):
                     bundles.point_link(link, broken)
                     server.process.reload()
-                    await until_metric(server, "edgerec_bundle_reloads_total", failures, config.startup_timeout_s, result="failed")
+                    await _until_metric(server, "edgerec_bundle_reloads_total", failures, config.startup_timeout_s, result="failed")
                     await asyncio.sleep(pause)
                 marks["good reload sent"] = time.perf_counter()
                 bundles.point_link(link, newer)
                 server.process.reload()
-                await until_metric(server, "edgerec_bundle_reloads_total", 1, config.startup_timeout_s, result="ok")
+                await _until_metric(server, "edgerec_bundle_reloads_total", 1, config.startup_timeout_s, result="ok")
                 marks["good reload live"] = time.perf_counter()
                 await asyncio.sleep(pause)
                 stop.set()
@@ -172,8 +164,8 @@ def broken_reload(bundle: Path, workdir: Path, config: ReliabilityConfig, worklo
         "versions_after_good_reload": sorted(set(after_good)),
         "peak_rss_mb": peak,
     }
-    damaged = bundles.engine_file(tampered)
-    as_served = str(link / damaged.name)  # the server names files by the path it was given
+    damaged = bundles.variant_path(tampered)
+    as_served = str(link / damaged.relative_to(tampered))  # the server names files by the path it was given
     checksums = (bundles.expected_checksum(tampered, damaged), sha256_file(damaged))
     checks = [
         Check("nothing lost", tally.lost == 0, f"lost {tally.lost} of {tally.sent} ({dict(tally.unexpected)})"),
@@ -188,7 +180,7 @@ def broken_reload(bundle: Path, workdir: Path, config: ReliabilityConfig, worklo
             bool(re.search(r"reload of .* failed", log)) and as_served in log and all(c in log for c in checksums),
             f"the log names {as_served} and both its checksums",
         ),
-        Check("unloadable engine reported", "cannot load engine" in log, "the log says the engine cannot be loaded"),
+        Check("unloadable variant reported", "cannot load" in log, "the log says the variant cannot be loaded"),
         Check(
             "good reload goes live",
             reloads.get("ok") == 1 and bool(after_good) and set(after_good) == {"v2"},
@@ -199,9 +191,9 @@ def broken_reload(bundle: Path, workdir: Path, config: ReliabilityConfig, worklo
     return Scenario("broken-reload", "a bad bundle pushed to a live server changes nothing", figures, checks)
 
 
-# -- engine failure --------------------------------------------------------------------------------
-def engine_fault(bundle: Path, workdir: Path, config: ReliabilityConfig, workload: ScoreWorkload, served: Config) -> Scenario:
-    """An engine that raises on batches holding a marked token: those fail with INTERNAL, the rest is served."""
+# -- backend failure --------------------------------------------------------------------------------
+def backend_fault(bundle: Path, workdir: Path, config: ReliabilityConfig, workload: RequestPool, served: Config) -> Scenario:
+    """A model that raises on batches holding a marked token: those fail with INTERNAL, the rest is served."""
     root, word = bundles.poisoned_bundle(bundle, workdir / "poisoned")
     poison = recommender_pb2.ScoreRequest(candidates=[recommender_pb2.Candidate(text=word)])
     one_by_one_normal, one_by_one_poison = Tally(), Tally(refusal_codes=frozenset({"INTERNAL"}))
@@ -212,22 +204,20 @@ def engine_fault(bundle: Path, workdir: Path, config: ReliabilityConfig, workloa
         before = server.scrape()
 
         async def main() -> None:
-            async with grpc.aio.insecure_channel(server.target) as channel:
+            async with server.channel() as channel:
                 stub = recommender_pb2_grpc.RecommenderStub(channel)
+                normal_call = workload.calls(stub, config.request_timeout_s)
                 for _ in range(rounds):  # one at a time: each request is its own batch
                     await send(one_by_one_poison, lambda: stub.Score(poison, timeout=config.request_timeout_s))
-                    await send(one_by_one_normal, lambda: stub.Score(workload.take(), timeout=config.request_timeout_s))
+                    await send(one_by_one_normal, normal_call)
                 stop = asyncio.Event()
-                load = asyncio.create_task(
-                    closed_loop(lambda: stub.Score(workload.take(), timeout=config.request_timeout_s),
-                                config.fault_concurrency, 3600.0, normal, stop)
-                )  # fmt: skip
+                load = asyncio.create_task(closed_loop(normal_call, normal, config.fault_concurrency, 3600.0, stop=stop))
                 for _ in range(rounds):  # poisoned requests mixed into the load
                     await asyncio.sleep(config.fault_load_s / rounds)
                     await send(poisoned, lambda: stub.Score(poison, timeout=config.request_timeout_s))
                 stop.set()
                 await load
-                await send(one_by_one_normal, lambda: stub.Score(workload.take(), timeout=config.request_timeout_s))
+                await send(one_by_one_normal, normal_call)
 
         asyncio.run(main())
         failed_batches = server.scrape().total("edgerec_batch_failures_total") - before.total("edgerec_batch_failures_total")
@@ -252,7 +242,7 @@ def engine_fault(bundle: Path, workdir: Path, config: ReliabilityConfig, workloa
     checks = [
         Check(
             "a poisoned batch fails with a clear status",
-            one_by_one_poison.refused["INTERNAL"] == rounds and "engine failed" in details,
+            one_by_one_poison.refused["INTERNAL"] == rounds and "failed on the batch" in details,
             f"{dict(one_by_one_poison.refused)} of {rounds}; details: {details!r}",
         ),
         Check(
@@ -269,5 +259,13 @@ def engine_fault(bundle: Path, workdir: Path, config: ReliabilityConfig, workloa
         Check("nothing lost", figures["lost"] == 0, f"lost {figures['lost']}"),
         Check("server carries on", healthy, "health SERVING at the end"),
     ]
-    return Scenario("engine-fault", "an engine failure costs one batch, not the server", figures, checks)
+    return Scenario("backend-fault", "a backend failure costs one batch, not the server", figures, checks)
 
+
+async def _until_metric(server: ServerUnderTest, name: str, value: float, timeout_s: float, **labels: str) -> None:
+    """Wait until the server's counter `name` (with `labels`) reaches `value`; TimeoutError with its log if not."""
+    deadline = time.perf_counter() + timeout_s
+    while (await asyncio.to_thread(server.scrape)).total(name, **labels) < value:
+        if time.perf_counter() > deadline or not server.alive():
+            raise TimeoutError(f"{name}{labels} did not reach {value} in {timeout_s} s:\n{server.log()[-2000:]}")
+        await asyncio.sleep(0.02)

@@ -4,7 +4,7 @@
   the server's own metrics first): every one is answered, new requests are
   refused, the exit code is 0;
 - abandoned: callers that time out or cancel while queued behind a backlog:
-  their pairs must never reach the engine, and the server's Prometheus
+  their pairs must never reach the backend, and the server's Prometheus
   counters must account for every one of them.
 """
 
@@ -17,32 +17,44 @@ from pathlib import Path
 
 import grpc
 
-from edgerec.benchmarks.reliability_config import ReliabilityConfig
-from edgerec.benchmarks.reliability_harness import (
-    Check,
-    Scenario,
-    ScoreWorkload,
-    ServerUnderTest,
-    Tally,
-    closed_loop,
-    requests_done,
-    send,
-    until_admitted,
-)
-from edgerec.benchmarks.reliability_load import Capacity
+from edgerec.benchmarks.harness.driver import closed_loop, send
+from edgerec.benchmarks.harness.requests import RequestPool
+from edgerec.benchmarks.harness.results import Tally
+from edgerec.benchmarks.harness.server import ServerUnderTest
+from edgerec.benchmarks.reliability.config import ReliabilityConfig
+from edgerec.benchmarks.reliability.load import Capacity
+from edgerec.benchmarks.reliability.report import Check, Scenario
 from edgerec.proto import recommender_pb2, recommender_pb2_grpc
 from edgerec.runtime.config import Config
 
 
+def _requests_done(server: ServerUnderTest) -> float:
+    """Score requests the server has finished (any code), by its own count."""
+    return server.scrape().total("edgerec_requests_total", method="Score")
+
+
+async def _until_admitted(server: ServerUnderTest, done_before: float, sent: int, timeout_s: float) -> float:
+    """Wait until the server has admitted (or finished) all `sent` requests; returns how many it holds now."""
+    deadline = time.perf_counter() + timeout_s
+    while True:
+        samples = await asyncio.to_thread(server.scrape)
+        held = samples.total("edgerec_queue_requests")
+        if samples.total("edgerec_requests_total", method="Score") - done_before + held >= sent:
+            return held
+        if time.perf_counter() > deadline:
+            raise TimeoutError(f"the server did not admit {sent} requests in {timeout_s} s")
+        await asyncio.sleep(0.005)
+
+
 # -- SIGTERM under load -----------------------------------------------------------------------
-def _burst(workload: ScoreWorkload, served: Config, config: ReliabilityConfig) -> list[recommender_pb2.ScoreRequest]:
+def _burst(workload: RequestPool, served: Config, config: ReliabilityConfig) -> list[recommender_pb2.ScoreRequest]:
     """Requests worth `drain_burst_pairs` pairs (at most half the queue bound), taken from the workload."""
     budget = min(config.drain_burst_pairs, served.batcher.max_queue_pairs // 2)
     count = max(1, min(int(budget // workload.mean_pairs), served.batcher.max_queue_requests // 2))
     return [workload.take() for _ in range(count)]
 
 
-def sigterm_under_load(bundle: Path, config: ReliabilityConfig, workload: ScoreWorkload, served: Config) -> Scenario:
+def sigterm_under_load(bundle: Path, config: ReliabilityConfig, workload: RequestPool, served: Config) -> Scenario:
     """Admitted requests at SIGTERM are all answered; later ones are refused; exit code 0."""
     before_signal = Tally()
     # A call that reaches the server in the instant grpc begins its shutdown is cancelled by grpc itself
@@ -53,14 +65,12 @@ def sigterm_under_load(bundle: Path, config: ReliabilityConfig, workload: ScoreW
     try:
 
         async def main() -> int:
-            async with grpc.aio.insecure_channel(server.target) as channel:
+            async with server.channel() as channel:
                 stub = recommender_pb2_grpc.RecommenderStub(channel)
-                done_before = await asyncio.to_thread(requests_done, server)
+                done_before = await asyncio.to_thread(_requests_done, server)
                 stop = asyncio.Event()
-                load = asyncio.create_task(
-                    closed_loop(lambda: stub.Score(workload.take(), timeout=config.request_timeout_s),
-                                config.fault_concurrency, 3600.0, before_signal, stop)
-                )  # fmt: skip
+                calls = workload.calls(stub, config.request_timeout_s)
+                load = asyncio.create_task(closed_loop(calls, before_signal, config.fault_concurrency, 3600.0, stop=stop))
                 await asyncio.sleep(config.fault_load_s / 2)
                 burst = [
                     asyncio.create_task(send(before_signal, lambda r=r: stub.Score(r, timeout=config.request_timeout_s)))
@@ -68,7 +78,7 @@ def sigterm_under_load(bundle: Path, config: ReliabilityConfig, workload: ScoreW
                 ]
                 stop.set()  # no request leaves the client from here until the signal
                 await asyncio.sleep(0.01)  # every burst task has sent its request
-                facts["held_at_signal"] = await until_admitted(server, done_before, before_signal.sent, 30.0)
+                facts["held_at_signal"] = await _until_admitted(server, done_before, before_signal.sent, 30.0)
                 signalled = time.perf_counter()
                 server.process.process.send_signal(signal.SIGTERM)
                 exit_code = asyncio.create_task(asyncio.to_thread(server.process.process.wait, config.startup_timeout_s))
@@ -138,14 +148,14 @@ def abandoned(
     kinds: dict[str, int] = {"deadline": 0, "cancelled": 0}
 
     async def main() -> None:
-        async with grpc.aio.insecure_channel(server.target) as channel:
+        async with server.channel() as channel:
             stub = recommender_pb2_grpc.RecommenderStub(channel)
-            done_before = await asyncio.to_thread(requests_done, server)
+            done_before = await asyncio.to_thread(_requests_done, server)
             backlog = [
                 asyncio.create_task(send(blocking, lambda: stub.Score(request(per_blocker), timeout=config.request_timeout_s)))
                 for _ in range(blockers)
             ]
-            await until_admitted(server, done_before, blockers, 30.0)
+            await _until_admitted(server, done_before, blockers, 30.0)
 
             async def times_out() -> None:
                 kinds["deadline"] += 1
@@ -219,4 +229,4 @@ def abandoned(
             f"pairs scored +{scored:.0f} (backlog + answered victims = {expected_scored}), dropped +{dropped_pairs:.0f}",
         ),
     ]
-    return Scenario("abandoned", "requests given up while queued never reach the engine", figures, checks)
+    return Scenario("abandoned", "requests given up while queued never reach the backend", figures, checks)

@@ -1,0 +1,112 @@
+"""Model signatures: every input and output of every model a bundle can hold, defined once.
+
+Training exports with these names, the bundle manifest records them, the
+runtime feeds and reads tensors by them, KServe v2 metadata and benchmarks
+describe them from here. Dtypes are numpy names; a shape names its dynamic
+axes (`"batch"`, `"sequence"`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+# KServe v2 / Triton datatype names of the numpy dtypes a signature may use.
+KSERVE_DATATYPES = {"int64": "INT64", "int32": "INT32", "float32": "FP32", "float16": "FP16"}
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorSpec:
+    """One named tensor: numpy dtype name, shape with named dynamic axes, meaning and unit."""
+
+    name: str
+    dtype: str
+    shape: tuple[str | int, ...]
+    description: str = ""
+
+    @property
+    def kserve_datatype(self) -> str:
+        """The KServe v2 datatype name (`INT64`, `FP32`, ...)."""
+        return KSERVE_DATATYPES[self.dtype]
+
+    @property
+    def numpy_dtype(self) -> np.dtype:
+        return np.dtype(self.dtype)
+
+    @property
+    def kserve_shape(self) -> list[int]:
+        """The shape as KServe metadata writes it: -1 for a dynamic axis."""
+        return [dim if isinstance(dim, int) else -1 for dim in self.shape]
+
+    def as_manifest(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape), "description": self.description}
+
+    @classmethod
+    def from_manifest(cls, entry: dict[str, Any]) -> "TensorSpec":
+        return cls(entry["name"], entry["dtype"], tuple(entry["shape"]), entry.get("description", ""))
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSignature:
+    """A model's name inside a bundle and its input and output tensors, in feed order."""
+
+    name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    description: str = ""
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.inputs)
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.outputs)
+
+    def input(self, name: str) -> TensorSpec:
+        return next(t for t in self.inputs if t.name == name)
+
+    def output(self, name: str) -> TensorSpec:
+        return next(t for t in self.outputs if t.name == name)
+
+    def as_manifest(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "inputs": [t.as_manifest() for t in self.inputs],
+            "outputs": [t.as_manifest() for t in self.outputs],
+        }
+
+    @classmethod
+    def from_manifest(cls, entry: dict[str, Any]) -> "ModelSignature":
+        return cls(
+            entry["name"],
+            tuple(TensorSpec.from_manifest(t) for t in entry["inputs"]),
+            tuple(TensorSpec.from_manifest(t) for t in entry["outputs"]),
+            entry.get("description", ""),
+        )
+
+
+_TOKENS = ("batch", "sequence")
+
+CROSS_ENCODER = ModelSignature(
+    name="cross_encoder",
+    description=(
+        "BERT cross-encoder over `[CLS] context [SEP] candidate [SEP]` (edgerec.core.featurize): one row per "
+        "(customer, candidate) pair; the sigmoid and the exp run inside the graph"
+    ),
+    inputs=(
+        TensorSpec("input_ids", "int64", _TOKENS, "WordPiece token ids, padded with [PAD] after the last attended token"),
+        TensorSpec("attention_mask", "int64", _TOKENS, "1 for a real token, 0 for padding"),
+        TensorSpec("token_type_ids", "int64", _TOKENS, "0 for [CLS] context [SEP], 1 for the candidate segment and its [SEP]"),
+    ),
+    outputs=(
+        TensorSpec("purchase_probability", "float32", ("batch",), "probability that the customer buys the candidate, in [0, 1]"),
+        TensorSpec("expected_quantity", "float32", ("batch",), "units expected if bought (exp of the predicted log quantity)"),
+    ),
+)
+
+# Every model a bundle can hold, by name.
+SIGNATURES: dict[str, ModelSignature] = {CROSS_ENCODER.name: CROSS_ENCODER}

@@ -1,0 +1,241 @@
+"""A model version: one loaded, verified and warmed-up bundle, ready to swap in atomically.
+
+It holds the bundle's featurizer and one *instance* per model it serves: the
+model's backend (`runtime.backends`) with its own batcher, so each model's
+batches are cut and run independently. The request pipeline
+(`runtime.pipeline`) is composed over the instances; the transports only see
+`ModelVersion.pipeline` and the identity properties below. Lifecycle: `load`
+(blocking: open, verify, initialize and warm every backend), `start` (the
+batchers), `retire` (finish admitted work, free the backends, delete an
+unpacked archive).
+
+The models served are those of the bundle whose name this runtime knows
+(`edgerec.core.signatures.SIGNATURES`) with a matching signature; the
+cross-encoder is required, other unknown models are skipped with a log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from edgerec.core.bundle import Bundle, open_bundle
+from edgerec.core.errors import EdgeRecError, ErrorCode
+from edgerec.core.featurize import Featurizer, FeaturizerConfig
+from edgerec.core.settings import from_jsonable
+from edgerec.core.signatures import CROSS_ENCODER, SIGNATURES, ModelSignature
+from edgerec.runtime.backends.base import Backend
+from edgerec.runtime.backends.onnx import OnnxBackend
+from edgerec.runtime.batcher import Batcher
+from edgerec.runtime.config import BatcherConfig, Config
+from edgerec.runtime.metrics import Metrics
+from edgerec.runtime.pipeline import CrossEncoderPipeline
+from edgerec.runtime.scheduler import Segment
+
+log = logging.getLogger(__name__)
+
+
+class Rows(Protocol):
+    """What a request hands an instance's batcher: `lengths` (int64, tokens per row), the pad value of
+    each input whose rows are padded, and `feeds(indices)`: those rows as the model's inputs."""
+
+    lengths: np.ndarray
+    pad_values: dict[str, int]
+
+    def feeds(self, indices: np.ndarray) -> dict[str, np.ndarray]: ...
+
+
+def merge_feeds(segments: Sequence[Segment]) -> dict[str, np.ndarray]:
+    """One batch's inputs from the scheduler's segments, rows in segment order; inputs of rank >= 2 are
+    padded along axis 1 to the longest segment with the payload's pad value (0 unless it names one)."""
+    parts = [segment.payload.feeds(segment.indices) for segment in segments]
+    if len(parts) == 1:
+        return parts[0]
+    pads = segments[0].payload.pad_values
+    merged = {}
+    for name in parts[0]:
+        arrays = [part[name] for part in parts]
+        if arrays[0].ndim < 2:
+            merged[name] = np.concatenate(arrays)
+            continue
+        rows = sum(len(array) for array in arrays)
+        width = max(array.shape[1] for array in arrays)
+        out = np.full((rows, width, *arrays[0].shape[2:]), pads.get(name, 0), dtype=arrays[0].dtype)
+        row = 0
+        for array in arrays:
+            out[row : row + len(array), : array.shape[1]] = array
+            row += len(array)
+        merged[name] = out
+    return merged
+
+
+class Instance:
+    """One served model of a model version: its backend and the batcher that feeds it."""
+
+    def __init__(self, backend: Backend, config: BatcherConfig, metrics: Metrics, name: str) -> None:
+        self.backend = backend
+        self._output_names = backend.signature.output_names
+        self.batcher = Batcher(config, merge_feeds, self._execute, metrics, name)
+
+    def _execute(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, ...]:
+        outputs = self.backend.execute(feeds)
+        return tuple(outputs[name] for name in self._output_names)
+
+    async def submit(self, rows: Rows, lengths: np.ndarray, timeout: float | None = None) -> tuple[np.ndarray, ...]:
+        """Run `rows` through the batcher; the model's outputs in signature order, one entry per row.
+
+        Raises the batcher's EdgeRecError (RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED, UNAVAILABLE, INTERNAL).
+        """
+        return await self.batcher.submit(rows, lengths, timeout)
+
+    @property
+    def model(self) -> str:
+        return self.backend.signature.name
+
+    @property
+    def signature(self) -> ModelSignature:
+        return self.backend.signature
+
+    @property
+    def precision(self) -> str:
+        return self.backend.variant.precision
+
+    @property
+    def provider(self) -> str:
+        return self.backend.provider
+
+
+def served_models(bundle: Bundle) -> list[str]:
+    """The bundle's models this runtime serves, in manifest order.
+
+    Raises EdgeRecError FAILED_PRECONDITION when the bundle has no
+    cross-encoder, or a known model's signature (names, dtypes, shapes)
+    differs from the one this runtime feeds.
+    """
+    served = []
+    for name, model in bundle.models.items():
+        known = SIGNATURES.get(name)
+        if known is None:
+            log.warning("bundle %s %s: model %s is not served by this edgerec version", bundle.name, bundle.version, name)
+            continue
+        if _shape_of(model.signature) != _shape_of(known):
+            raise EdgeRecError(
+                ErrorCode.FAILED_PRECONDITION,
+                f"bundle {bundle.name} {bundle.version}: model {name} has signature {_shape_of(model.signature)}; "
+                f"this server feeds {_shape_of(known)}",
+            )
+        served.append(name)
+    if CROSS_ENCODER.name not in served:
+        raise EdgeRecError(
+            ErrorCode.FAILED_PRECONDITION,
+            f"bundle {bundle.name} {bundle.version} has no {CROSS_ENCODER.name} model (it has: {', '.join(bundle.models)})",
+        )
+    return served
+
+
+def _shape_of(signature: ModelSignature) -> tuple[Any, ...]:
+    return tuple((t.name, t.dtype, tuple(t.shape)) for t in signature.inputs), tuple(
+        (t.name, t.dtype, tuple(t.shape)) for t in signature.outputs
+    )
+
+
+class ModelVersion:
+    """A verified, warmed-up bundle: its featurizer, one instance per served model, the request pipeline."""
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        featurizer: Featurizer,
+        backends: Sequence[Backend],
+        config: Config,
+        metrics: Metrics,
+        unpacked_to: Path | None = None,
+    ) -> None:
+        self.bundle = bundle
+        self.featurizer = featurizer
+        self.config = config
+        self._unpacked_to = unpacked_to
+        self.instances: dict[str, Instance] = {
+            backend.signature.name: Instance(
+                backend, config.batcher, metrics, f"{bundle.name}-{bundle.version}-{backend.signature.name}"
+            )
+            for backend in backends
+        }
+        self.pipeline = CrossEncoderPipeline(
+            featurizer, self.instances[CROSS_ENCODER.name], config.server, bundle.name, bundle.version
+        )
+
+    @classmethod
+    def load(cls, path: Path, config: Config, metrics: Metrics) -> "ModelVersion":
+        """Open (unpacking a .tar.gz), verify, load and warm up a bundle. Blocking: run it in a thread.
+
+        Raises EdgeRecError (NOT_FOUND, DATA_LOSS, FAILED_PRECONDITION) naming what is wrong.
+        """
+        path = Path(path)
+        unpacked_to = Path(tempfile.mkdtemp(prefix="edgerec-bundle-")) if path.is_file() else None
+        backends: list[Backend] = []
+        try:
+            bundle = open_bundle(path, unpacked_to)
+            featurizer_config = from_jsonable(FeaturizerConfig, bundle.featurizer_settings)
+            featurizer = Featurizer.from_files(bundle.tokenizer_path, featurizer_config, bundle.catalog_path)
+            max_batch, max_length = config.batcher.max_batch_size, featurizer_config.max_length
+            sessions = config.backend.session_config(bundle.root, max_batch, max_length)
+            for model in served_models(bundle):
+                backend = OnnxBackend(bundle, model, sessions, config.backend.precision)
+                backend.initialize()
+                backends.append(backend)
+                if config.backend.warm_up:
+                    backend.warm_up((1, max_batch), (max(4, max_length // 4), max_length))
+        except BaseException:
+            for backend in backends:
+                backend.finalize()
+            if unpacked_to is not None:
+                shutil.rmtree(unpacked_to, ignore_errors=True)
+            raise
+        return cls(bundle, featurizer, backends, config, metrics, unpacked_to)
+
+    # -- identity -----------------------------------------------------------
+    @property
+    def name(self) -> str:
+        """The bundle's name (the KServe model name)."""
+        return self.bundle.name
+
+    @property
+    def version(self) -> str:
+        return self.bundle.version
+
+    def variants(self) -> dict[str, tuple[str, str]]:
+        """Model name -> (variant precision, provider that runs it), for logs and metrics."""
+        return {name: (i.precision, i.provider) for name, i in self.instances.items()}
+
+    # -- lifecycle ----------------------------------------------------------
+    async def start(self) -> "ModelVersion":
+        for instance in self.instances.values():
+            await instance.batcher.start()
+        return self
+
+    @property
+    def ready(self) -> bool:
+        return all(instance.batcher.accepting for instance in self.instances.values())
+
+    @property
+    def admitted_requests(self) -> int:
+        """Requests admitted by any instance and not yet answered."""
+        return sum(instance.batcher.admitted_requests for instance in self.instances.values())
+
+    async def retire(self, timeout: float | None = None) -> bool:
+        """Stop admitting, finish admitted work (up to `timeout` s), then free the backends.
+        True if everything finished in time."""
+        finished = await asyncio.gather(*(i.batcher.drain(timeout) for i in self.instances.values()))
+        for instance in self.instances.values():
+            instance.backend.finalize()
+        if self._unpacked_to is not None:
+            shutil.rmtree(self._unpacked_to, ignore_errors=True)
+        return all(finished)
