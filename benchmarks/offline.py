@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -44,9 +45,13 @@ def grid_profile(config: OfflineConfig) -> TensorRTProfile:
 
 
 def load_runners(
-    specs: Sequence[RunnerSpec], featurizer: Featurizer, config: OfflineConfig, threads: int
+    specs: Sequence[RunnerSpec], featurizer: Featurizer, config: OfflineConfig, threads: int, trt_cache_dir: Path
 ) -> tuple[list[Runner], list[dict[str, Any]]]:
     """Load every runnable runner; describe all of them (size, memory, provider, or the skip reason).
+
+    The TensorRT runner's engine covers the whole grid (`grid_profile`, past
+    the server's batch limit), so it is cached in `trt_cache_dir`, away from
+    the engine cache the server keeps beside the bundle's variant.
 
     Memory is the growth of this process's RSS from before the runner loads to
     the peak of its load plus one call at the grid's largest cell (sampled
@@ -69,7 +74,7 @@ def load_runners(
 
         def load_and_call(spec: RunnerSpec = spec) -> tuple[Runner, float]:
             started = time.perf_counter()
-            runner = load_runner(spec, threads, config.spin_wait, profile)
+            runner = load_runner(spec, threads, config.spin_wait, profile, trt_cache_dir)
             loaded = time.perf_counter() - started
             runner(largest)
             return runner, loaded

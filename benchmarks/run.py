@@ -74,7 +74,7 @@ def offline_phase(
     seconds = {}
     started = time.perf_counter()
     specs = plan_runners(config.runners, bundle, paths.checkpoint, paths.export_dir)
-    runners, runner_rows = load_runners(specs, featurizer, config, threads)
+    runners, runner_rows = load_runners(specs, featurizer, config, threads, Path(paths.output_dir) / ".trt-cache")
     seconds["runner loading"] = time.perf_counter() - started
     try:
         started = time.perf_counter()

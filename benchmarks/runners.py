@@ -205,20 +205,29 @@ def plan_runners(names: Sequence[str], bundle: Bundle, checkpoint: Path, export_
 
 
 def load_runner(
-    spec: RunnerSpec, threads: int, spin_wait: bool = True, trt_profile: TensorRTProfile = TensorRTProfile()
+    spec: RunnerSpec,
+    threads: int,
+    spin_wait: bool = True,
+    trt_profile: TensorRTProfile = TensorRTProfile(),
+    trt_cache_dir: Path | None = None,
 ) -> Runner:
     """Load a runnable spec; raises `RunnerUnavailable` if it turns out not to run here.
 
     ONNX Runtime runners get the server's session settings, with `threads`
     intra-op threads, `spin_wait` and, for TensorRT, `trt_profile` (the
-    batch and sequence ranges the engine must accept).
+    batch and sequence ranges the engine must accept) and its engine cache
+    `trt_cache_dir` (default: beside the model file).
     """
     if not spec.runnable:
         raise RunnerUnavailable(spec.skip_reason)
     if spec.kind.runtime == "pytorch":
         return TorchRunner(spec, threads)
     config = SessionConfig(
-        providers=spec.kind.providers, intra_op_threads=threads, spin_wait=spin_wait, trt_profile=trt_profile
+        providers=spec.kind.providers,
+        intra_op_threads=threads,
+        spin_wait=spin_wait,
+        trt_profile=trt_profile,
+        trt_cache_dir=trt_cache_dir,
     )
     return OrtRunner(spec, config)
 
