@@ -30,7 +30,6 @@ import numpy as np
 
 from edgerec.benchmarks import goals, plots, report
 from edgerec.benchmarks.config import QUICK_LOAD, QUICK_OFFLINE, BenchPaths, LoadConfig, OfflineConfig, RunConfig
-from edgerec.benchmarks.harness.requests import bundle_featurizer
 from edgerec.benchmarks.limits import ModelShape, PeakEstimate, estimate_peak, limits_table
 from edgerec.benchmarks.machine import describe_machine
 from edgerec.benchmarks.offline import grid_estimate_s, load_runners, time_grid
@@ -70,7 +69,7 @@ def offline_phase(
     samples_dir: Path,
 ) -> dict[str, Any]:
     """Runners (loaded or skipped), the timed grid and each runner's quality."""
-    featurizer = bundle_featurizer(bundle)
+    featurizer = bundle.featurizer()
     seconds = {}
     started = time.perf_counter()
     specs = plan_runners(config.runners, bundle, paths.checkpoint, paths.export_dir)
@@ -96,7 +95,7 @@ def server_phase(
     bundle: Bundle, config: LoadConfig, threads: int, spin_wait: bool, samples_dir: Path, offline_rows: list, served: str
 ) -> dict[str, Any]:
     """Both servers under load, the request pool they were sent, and the serving-path cost."""
-    featurizer = bundle_featurizer(bundle)
+    featurizer = bundle.featurizer()
     pool, source = request_pool(
         load_baskets(samples_dir, "test"),
         featurizer,

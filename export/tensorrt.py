@@ -38,9 +38,8 @@ from typing import Any
 import onnxruntime as ort
 
 from edgerec.core.bundle import TRT_CACHE, open_bundle
-from edgerec.core.featurize import FeaturizerConfig
 from edgerec.core.sessions import TENSORRT, SessionConfig, TensorRTProfile, create_session, dummy_feeds, tensorrt_options
-from edgerec.core.settings import from_jsonable, to_jsonable
+from edgerec.core.settings import to_jsonable
 from edgerec.core.signatures import CROSS_ENCODER, ModelSignature
 from edgerec.export.bundle import record_model_info
 from edgerec.runtime.config import BatcherConfig
@@ -89,7 +88,7 @@ def build_engine_cache(
     bundle = open_bundle(root)
     entry = bundle.model(model)
     variant = entry.variant(device="gpu")
-    featurizer = from_jsonable(FeaturizerConfig, bundle.featurizer_settings)
+    featurizer = bundle.featurizer_config
     config = SessionConfig(
         providers=PROVIDERS,
         trt_cache_dir=bundle.trt_cache_path,

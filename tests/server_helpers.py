@@ -12,9 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from edgerec.core.bundle import open_bundle, write_manifest
-from edgerec.core.featurize import ContextEntry, Featurizer, FeaturizerConfig, item_key
+from edgerec.core.featurize import ContextEntry, Featurizer, item_key
 from edgerec.core.sessions import create_session
-from edgerec.core.settings import from_jsonable
 from edgerec.core.signatures import CROSS_ENCODER
 from edgerec.proto import recommender_pb2
 from edgerec.runtime.config import FIELD_SECTION, Config
@@ -40,8 +39,7 @@ def catalog_ids(bundle: Path) -> list[str]:
 
 def featurizer_of(bundle: Path) -> Featurizer:
     opened = open_bundle(bundle)
-    config = from_jsonable(FeaturizerConfig, opened.featurizer_settings)
-    return Featurizer.from_files(opened.tokenizer_path, config, opened.catalog_path)
+    return opened.featurizer()
 
 
 class OfflineModel:

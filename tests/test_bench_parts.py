@@ -14,7 +14,7 @@ import pytest
 from edgerec.benchmarks import goals
 from edgerec.benchmarks.harness.driver import closed_loop, open_loop, send
 from edgerec.benchmarks.harness.prometheus import Samples
-from edgerec.benchmarks.harness.requests import bundle_featurizer, history_of
+from edgerec.benchmarks.harness.requests import history_of
 from edgerec.benchmarks.harness.results import Tally, latency_summary
 from edgerec.benchmarks.limits import ModelShape, estimate_peak
 from edgerec.benchmarks.quality import measure_quality
@@ -259,7 +259,7 @@ def test_server_side_figures_are_differences_over_the_level() -> None:
 
 
 def test_grid_inputs_are_exactly_the_requested_length(tiny_bundle: Path) -> None:
-    featurizer = bundle_featurizer(open_bundle(tiny_bundle))
+    featurizer = open_bundle(tiny_bundle).featurizer()
     ids, mask, types = CROSS_ENCODER.input_names
     for batch, sequence in ((1, 32), (4, 128)):  # 128 is past the tiny featurizer's 64-token pairs
         feeds = exact_length_feeds(featurizer, batch, sequence, seed=1)
@@ -273,7 +273,7 @@ def test_grid_inputs_are_exactly_the_requested_length(tiny_bundle: Path) -> None
 
 
 def test_request_pool_replays_test_baskets_within_candidate_bounds(tiny_bundle: Path) -> None:
-    featurizer = bundle_featurizer(open_bundle(tiny_bundle))
+    featurizer = open_bundle(tiny_bundle).featurizer()
     items = sorted(featurizer.catalog)
     basket = Basket("c1", "i1", "2011-11-02 10:00:00", ((items[0], 3), (items[1], 1)), tuple(items[2:9]), (1,) + (0,) * 6,
                     (2.0,) + (0.0,) * 6, (False,) * 7, (False,) * 7)  # fmt: skip
@@ -311,7 +311,7 @@ def test_quality_takes_gate_figures_where_the_export_recorded_them(
     names = ["pytorch-fp32", "ort-int8-dynamic", "ort-fp32"]
     specs = plan_runners(names, gated, tiny_checkpoint, exported_bundle / "none")
     runners = [load_runner(spec, threads=1) for spec in specs]
-    featurizer = bundle_featurizer(gated)
+    featurizer = gated.featurizer()
     validation = tiny_data.splits["valid"]
     quality = measure_quality(runners, gated, validation, featurizer, sample_size=4, batch_size=16)
     assert quality["ort-int8-dynamic"]["source"] == "export validation gate"
@@ -333,7 +333,7 @@ def test_onnx_runners_open_the_bundles_variants_and_skip_what_cannot_run(tiny_bu
     assert "int8-static" in static.skip_reason and "checkpoint" in torch.skip_reason
     assert cuda.runnable or cuda.skip_reason
     runner = load_runner(fp32, threads=1, spin_wait=False)
-    feeds = exact_length_feeds(bundle_featurizer(bundle), 3, 16)
+    feeds = exact_length_feeds(bundle.featurizer(), 3, 16)
     probabilities, quantities = runner(feeds)
     assert runner.provider == "CPUExecutionProvider" and probabilities.shape == quantities.shape == (3,)
     runner.close()

@@ -12,15 +12,8 @@ import numpy as np
 
 from edgerec.benchmarks.harness.driver import Call
 from edgerec.core.bundle import Bundle
-from edgerec.core.featurize import Featurizer, FeaturizerConfig, load_catalog
-from edgerec.core.settings import from_jsonable
+from edgerec.core.featurize import load_catalog
 from edgerec.proto import recommender_pb2, recommender_pb2_grpc
-
-
-def bundle_featurizer(bundle: Bundle) -> Featurizer:
-    """The bundle's featurizer (its settings, tokenizer and catalog), exactly as the server builds it."""
-    config = from_jsonable(FeaturizerConfig, bundle.featurizer_settings)
-    return Featurizer.from_files(bundle.tokenizer_path, config, bundle.catalog_path)
 
 
 def catalog_ids(bundle: Bundle) -> list[str]:

@@ -22,7 +22,6 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from edgerec.benchmarks.harness.requests import bundle_featurizer
 from edgerec.core.bundle import MANIFEST, open_bundle, write_manifest
 from edgerec.core.featurize import Featurizer
 from edgerec.core.signatures import CROSS_ENCODER, TensorSpec
@@ -154,7 +153,7 @@ def poisoned_model(poison_id: int) -> onnx.ModelProto:
 def poisoned_bundle(source: Path, target: Path) -> tuple[Path, str]:
     """A signed bundle whose cross-encoder fails on every batch holding the returned poison word."""
     slim_copy(source, target, version="poisoned")
-    word, token = poison_token(bundle_featurizer(open_bundle(target)))
+    word, token = poison_token(open_bundle(target).featurizer())
     onnx.save(poisoned_model(token), variant_path(target))
     resign(target)
     return target, word

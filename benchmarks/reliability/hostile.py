@@ -28,7 +28,6 @@ from typing import Protocol, TypeVar
 import grpc
 import numpy as np
 
-from edgerec.benchmarks.harness.requests import bundle_featurizer
 from edgerec.benchmarks.harness.results import Tally
 from edgerec.benchmarks.harness.server import ServerUnderTest, serving
 from edgerec.benchmarks.reliability.config import ReliabilityConfig
@@ -390,7 +389,7 @@ class ModelFacts:
     @classmethod
     def of(cls, bundle_root: Path) -> "ModelFacts":
         bundle = open_bundle(bundle_root)
-        featurizer = bundle_featurizer(bundle)
+        featurizer = bundle.featurizer()
         vocab_size = featurizer.tokenizer.get_vocab_size()
         return cls(bundle.name, bundle.version, vocab_size, featurizer.config.max_length, sorted(featurizer.catalog))
 

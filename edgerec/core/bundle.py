@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from edgerec.core.errors import EdgeRecError, ErrorCode
-from edgerec.core.featurize import Featurizer, save_catalog
-from edgerec.core.settings import to_jsonable
+from edgerec.core.featurize import Featurizer, FeaturizerConfig, save_catalog
+from edgerec.core.settings import from_jsonable, to_jsonable
 from edgerec.core.signatures import CROSS_ENCODER, ModelSignature
 
 MANIFEST = "manifest.json"
@@ -147,6 +147,14 @@ class Bundle:
     @property
     def featurizer_settings(self) -> dict[str, Any]:
         return self.manifest["featurizer"]
+
+    @property
+    def featurizer_config(self) -> FeaturizerConfig:
+        return from_jsonable(FeaturizerConfig, self.featurizer_settings)
+
+    def featurizer(self) -> Featurizer:
+        """The bundle's featurizer: its tokenizer, settings and pre-tokenized catalog."""
+        return Featurizer.from_files(self.tokenizer_path, self.featurizer_config, self.catalog_path)
 
 
 def sha256_file(path: Path) -> str:
