@@ -4,6 +4,10 @@ Subcommands are imported only when run, so `edgerec serve` on an edge box
 never imports the training stack. Each stage module provides
 `configure(parser)` (its flags, documented with their defaults) and
 `run(args) -> int`.
+
+A command that runs until stopped (`serve`) has its SIGTERM, SIGINT and
+SIGHUP caught before anything else happens, so a signal sent while it starts
+is acted on once it runs instead of killing it (`edgerec.runtime.process`).
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("edgerec.benchmarks.run", "benchmark engines offline and the server under load"),
     "reliability": ("edgerec.benchmarks.reliability", "overload, soak, fault and access scenarios"),
 }
+# Commands that run until a signal stops them: their signals are caught from the first instruction.
+LONG_RUNNING = frozenset({"serve"})
 
 
 def _usage() -> str:
@@ -32,6 +38,10 @@ def _usage() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in LONG_RUNNING:
+        from edgerec.runtime.process import catch_signals  # stdlib only: installed before the heavy imports
+
+        catch_signals()
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0

@@ -342,6 +342,7 @@ def cross_encoder_artifacts(
         },
         "base_model": info.get("base_model"),
         "num_layers": checkpoint.model.config.num_hidden_layers,
+        "vocab_size": checkpoint.model.config.vocab_size,  # ids the model embeds; the server checks the tokenizer against it
         "gate": {"bounds": gate, "passed": all(r.passed for r in outcome.results.values())},
         "data_fingerprint": info.get("data_fingerprint", fingerprint),
         "fusions": {

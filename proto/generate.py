@@ -3,9 +3,13 @@
 The stubs are committed, so serving never needs `grpcio-tools`. protoc runs
 with the proto folder mapped to the virtual path `edgerec/proto`, so the
 generated code imports `from edgerec.proto import recommender_pb2` and
-registers its files in protobuf's pool under `edgerec/proto/*.proto`
-wherever the checkout lives: the output depends only on the sources and the
-grpcio-tools version.
+names its files `edgerec/proto/*.proto` wherever the checkout lives: the
+output depends only on the sources and the grpcio-tools version.
+
+protoc's Python code registers each file in protobuf's default descriptor
+pool; each `_pb2.py` is then rewritten to register in `edgerec.proto.POOL`
+instead (see `edgerec/proto/__init__.py` for why). The rewrite replaces two
+exact lines and fails loudly if protoc's output no longer has them.
 """
 
 from __future__ import annotations
@@ -20,6 +24,14 @@ from pathlib import Path
 PROTO_DIR = Path(__file__).resolve().parent
 VIRTUAL_PACKAGE = "edgerec/proto"
 GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
+# protoc's lines that register a file in the default pool -> edgerec's private pool.
+POOL_REWRITES = (
+    (
+        "from google.protobuf import descriptor_pool as _descriptor_pool\n",
+        "from edgerec.proto import POOL as _edgerec_pool  # edgerec: not the default pool (make proto)\n",
+    ),
+    ("DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(", "DESCRIPTOR = _edgerec_pool.AddSerializedFile("),
+)
 
 
 def proto_files(proto_dir: Path = PROTO_DIR) -> list[Path]:
@@ -50,9 +62,25 @@ def generate(proto_dir: Path = PROTO_DIR, output_dir: Path = PROTO_DIR) -> list[
         for generated in sorted((Path(scratch) / VIRTUAL_PACKAGE).iterdir()):
             if generated.name.endswith(GENERATED_SUFFIXES):
                 target = output_dir / generated.name
-                shutil.copyfile(generated, target)
+                if generated.name.endswith("_pb2.py"):
+                    target.write_text(into_private_pool(generated.read_text("utf-8"), generated.name), "utf-8")
+                else:
+                    shutil.copyfile(generated, target)
                 written.append(target)
     return written
+
+
+def into_private_pool(code: str, name: str) -> str:
+    """protoc's `_pb2.py` text, registering its file in `edgerec.proto.POOL` instead of the default pool."""
+    for old, new in POOL_REWRITES:
+        if code.count(old) != 1:
+            raise SystemExit(
+                f"{name}: expected protoc to write {old.strip()!r} once; update POOL_REWRITES in edgerec/proto/generate.py"
+            )
+        code = code.replace(old, new)
+    if "_descriptor_pool" in code:
+        raise SystemExit(f"{name}: still uses protobuf's default pool after the rewrite; update POOL_REWRITES")
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -64,6 +64,11 @@ class GRPCInferenceServiceStub:
                 request_serializer=edgerec_dot_proto_dot_grpc__service__pb2.ModelInferRequest.SerializeToString,
                 response_deserializer=edgerec_dot_proto_dot_grpc__service__pb2.ModelInferResponse.FromString,
                 _registered_method=True)
+        self.RepositoryIndex = channel.unary_unary(
+                '/inference.GRPCInferenceService/RepositoryIndex',
+                request_serializer=edgerec_dot_proto_dot_grpc__service__pb2.RepositoryIndexRequest.SerializeToString,
+                response_deserializer=edgerec_dot_proto_dot_grpc__service__pb2.RepositoryIndexResponse.FromString,
+                _registered_method=True)
 
 
 class GRPCInferenceServiceServicer:
@@ -103,7 +108,20 @@ class GRPCInferenceServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ModelInfer(self, request, context):
-        """Run the model on a batch of input tensors.
+        """Run the model on a batch of input tensors. Each row of input_ids,
+        attention_mask and token_type_ids is one pair laid out as
+        `[CLS] context [SEP] candidate [SEP]` then padding: mask 1s then 0s, token
+        types 0 up to the first [SEP] and 1 after it, at least one known candidate
+        token; other rows are refused with INVALID_ARGUMENT naming the row.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RepositoryIndex(self, request, context):
+        """The models the served bundle holds, with their version and state (Triton's
+        model repository extension, read-only: ServerMetadata lists "model_repository";
+        RepositoryModelLoad/Unload are not served, a reload is SIGHUP).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -141,6 +159,11 @@ def add_GRPCInferenceServiceServicer_to_server(servicer, server):
                     servicer.ModelInfer,
                     request_deserializer=edgerec_dot_proto_dot_grpc__service__pb2.ModelInferRequest.FromString,
                     response_serializer=edgerec_dot_proto_dot_grpc__service__pb2.ModelInferResponse.SerializeToString,
+            ),
+            'RepositoryIndex': grpc.unary_unary_rpc_method_handler(
+                    servicer.RepositoryIndex,
+                    request_deserializer=edgerec_dot_proto_dot_grpc__service__pb2.RepositoryIndexRequest.FromString,
+                    response_serializer=edgerec_dot_proto_dot_grpc__service__pb2.RepositoryIndexResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -305,6 +328,33 @@ class GRPCInferenceService:
             '/inference.GRPCInferenceService/ModelInfer',
             edgerec_dot_proto_dot_grpc__service__pb2.ModelInferRequest.SerializeToString,
             edgerec_dot_proto_dot_grpc__service__pb2.ModelInferResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RepositoryIndex(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inference.GRPCInferenceService/RepositoryIndex',
+            edgerec_dot_proto_dot_grpc__service__pb2.RepositoryIndexRequest.SerializeToString,
+            edgerec_dot_proto_dot_grpc__service__pb2.RepositoryIndexResponse.FromString,
             options,
             channel_credentials,
             insecure,

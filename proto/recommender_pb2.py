@@ -5,7 +5,7 @@
 # Protobuf Python Version: 7.35.1
 """Generated protocol buffer code."""
 from google.protobuf import descriptor as _descriptor
-from google.protobuf import descriptor_pool as _descriptor_pool
+from edgerec.proto import POOL as _edgerec_pool  # edgerec: not the default pool (make proto)
 from google.protobuf import runtime_version as _runtime_version
 from google.protobuf import symbol_database as _symbol_database
 from google.protobuf.internal import builder as _builder
@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x65\x64gerec/proto/recommender.proto\x12\nedgerec.v1\";\n\x0b\x43ontextItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\r\n\x05\x63ount\x18\x03 \x01(\r\"*\n\tCandidate\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\"c\n\x0cScoreRequest\x12(\n\x07\x63ontext\x18\x01 \x03(\x0b\x32\x17.edgerec.v1.ContextItem\x12)\n\ncandidates\x18\x02 \x03(\x0b\x32\x15.edgerec.v1.Candidate\"s\n\rScoreResponse\x12\x1c\n\x14purchase_probability\x18\x01 \x03(\x02\x12\x19\n\x11\x65xpected_quantity\x18\x02 \x03(\x02\x12\x12\n\nmodel_name\x18\x03 \x01(\t\x12\x15\n\rmodel_version\x18\x04 \x01(\t\"m\n\x0bRankRequest\x12(\n\x07\x63ontext\x18\x01 \x03(\x0b\x32\x17.edgerec.v1.ContextItem\x12)\n\ncandidates\x18\x02 \x03(\x0b\x32\x15.edgerec.v1.Candidate\x12\t\n\x01k\x18\x03 \x01(\r\"j\n\x0fRankedCandidate\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0f\n\x07item_id\x18\x02 \x01(\t\x12\x1c\n\x14purchase_probability\x18\x03 \x01(\x02\x12\x19\n\x11\x65xpected_quantity\x18\x04 \x01(\x02\"f\n\x0cRankResponse\x12+\n\x06ranked\x18\x01 \x03(\x0b\x32\x1b.edgerec.v1.RankedCandidate\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t2\x86\x01\n\x0bRecommender\x12<\n\x05Score\x12\x18.edgerec.v1.ScoreRequest\x1a\x19.edgerec.v1.ScoreResponse\x12\x39\n\x04Rank\x12\x17.edgerec.v1.RankRequest\x1a\x18.edgerec.v1.RankResponseb\x06proto3')
+DESCRIPTOR = _edgerec_pool.AddSerializedFile(b'\n\x1f\x65\x64gerec/proto/recommender.proto\x12\nedgerec.v1\";\n\x0b\x43ontextItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\r\n\x05\x63ount\x18\x03 \x01(\r\"*\n\tCandidate\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\"c\n\x0cScoreRequest\x12(\n\x07\x63ontext\x18\x01 \x03(\x0b\x32\x17.edgerec.v1.ContextItem\x12)\n\ncandidates\x18\x02 \x03(\x0b\x32\x15.edgerec.v1.Candidate\"s\n\rScoreResponse\x12\x1c\n\x14purchase_probability\x18\x01 \x03(\x02\x12\x19\n\x11\x65xpected_quantity\x18\x02 \x03(\x02\x12\x12\n\nmodel_name\x18\x03 \x01(\t\x12\x15\n\rmodel_version\x18\x04 \x01(\t\"m\n\x0bRankRequest\x12(\n\x07\x63ontext\x18\x01 \x03(\x0b\x32\x17.edgerec.v1.ContextItem\x12)\n\ncandidates\x18\x02 \x03(\x0b\x32\x15.edgerec.v1.Candidate\x12\t\n\x01k\x18\x03 \x01(\r\"j\n\x0fRankedCandidate\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0f\n\x07item_id\x18\x02 \x01(\t\x12\x1c\n\x14purchase_probability\x18\x03 \x01(\x02\x12\x19\n\x11\x65xpected_quantity\x18\x04 \x01(\x02\"f\n\x0cRankResponse\x12+\n\x06ranked\x18\x01 \x03(\x0b\x32\x1b.edgerec.v1.RankedCandidate\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t2\x86\x01\n\x0bRecommender\x12<\n\x05Score\x12\x18.edgerec.v1.ScoreRequest\x1a\x19.edgerec.v1.ScoreResponse\x12\x39\n\x04Rank\x12\x17.edgerec.v1.RankRequest\x1a\x18.edgerec.v1.RankResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)

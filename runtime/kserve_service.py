@@ -5,12 +5,15 @@ served cross-encoder as a plain tensor model whose inputs, outputs, datatypes
 and shapes are its signature (`edgerec.core.signatures.CROSS_ENCODER`).
 The model is addressed by the bundle's name (`edgerec` in real bundles), as
 it always was, or by its own name (`cross_encoder`), so that each model of a
-bundle can be addressed by name. Tensors
-arrive in typed contents or as raw little-endian bytes; answers use the same
-form as the request. Rows go through the same batcher as
-`Recommender.Score`, each row one pair. This module only decodes and encodes
-tensors and checks they match the signature; everything else is the
-pipeline's.
+bundle can be addressed by name; its version is the bundle's, and "" or "1"
+(the version folder of the Triton repository `edgerec export` writes) mean
+the version being served. Tensors arrive in typed contents or as raw
+little-endian bytes; answers are always raw (`raw_output_contents`), as
+Triton answers, so Triton's clients read them. `RepositoryIndex` (Triton's
+model repository extension, read-only) lists the bundle's models. Rows go
+through the same batcher as `Recommender.Score`, each row one pair. This
+module only decodes and encodes tensors and checks they match the signature;
+everything else is the pipeline's.
 """
 
 from __future__ import annotations
@@ -34,6 +37,12 @@ SERVER_NAME = "edgerec"
 PLATFORM = "onnxruntime_onnx"
 # The typed-contents field of each KServe datatype a signature may use (FP16 travels raw only).
 CONTENTS_FIELD = {"INT64": "int64_contents", "INT32": "int_contents", "FP32": "fp32_contents"}
+# The version folder of the Triton repository `edgerec export` writes (export/triton.py): Triton's
+# clients ask for it, and it means the version being served, as "" does.
+TRITON_REPOSITORY_VERSION = "1"
+SERVED_VERSION_ALIASES = ("", TRITON_REPOSITORY_VERSION)
+# ServerMetadata.extensions: the name Triton reports for its model repository extension (RepositoryIndex).
+EXTENSIONS = ("model_repository",)
 
 
 class KServeService(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
@@ -60,14 +69,14 @@ class KServeService(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     @rpc("ModelReady")
     async def ModelReady(self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext) -> pb.ModelReadyResponse:
         served = self._current()
-        known = request.name in model_names(served) and request.version in ("", served.version)
+        known = request.name in model_names(served) and request.version in (*SERVED_VERSION_ALIASES, served.version)
         return pb.ModelReadyResponse(ready=known and self._is_ready())
 
     @rpc("ServerMetadata")
     async def ServerMetadata(
         self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.ServerMetadataResponse:
-        return pb.ServerMetadataResponse(name=SERVER_NAME, version=__version__, extensions=[])
+        return pb.ServerMetadataResponse(name=SERVER_NAME, version=__version__, extensions=EXTENSIONS)
 
     @rpc("ModelMetadata")
     async def ModelMetadata(
@@ -92,6 +101,17 @@ class KServeService(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         outputs = await pipeline.infer(tensors, context.time_remaining())
         return encode_outputs(request, served.version, outputs, wanted)
 
+    @rpc("RepositoryIndex")
+    async def RepositoryIndex(
+        self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryIndexResponse:
+        if request.repository_name:
+            raise invalid(
+                "repository_name",
+                f"edgerec serves one bundle, not named repositories; leave it empty (got {request.repository_name!r})",
+            )
+        return repository_index(self._current(), self._is_ready(), request.ready)
+
     def _served(self, name: str, version: str, field: str) -> ModelVersion:
         served = self._current()
         names = model_names(served)
@@ -99,10 +119,11 @@ class KServeService(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
             raise EdgeRecError(
                 ErrorCode.NOT_FOUND, f"no model {name!r} here; this server serves {' or '.join(map(repr, names))}", field
             )
-        if version not in ("", served.version):
+        if version not in (*SERVED_VERSION_ALIASES, served.version):
             raise EdgeRecError(
                 ErrorCode.NOT_FOUND,
-                f"{name} has no version {version!r}; version {served.version!r} is served",
+                f"{name} has no version {version!r}; version {served.version!r} is served "
+                f"(also addressed as {' or '.join(map(repr, SERVED_VERSION_ALIASES))})",
                 "model_version" if field == "model_name" else "version",
             )
         return served
@@ -111,6 +132,26 @@ class KServeService(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
 def model_names(served: ModelVersion) -> tuple[str, ...]:
     """The names the cross-encoder answers to: the bundle's name, and the model's own."""
     return (served.name, CROSS_ENCODER.name)
+
+
+def repository_index(served: ModelVersion, ready: bool, only_ready: bool) -> pb.RepositoryIndexResponse:
+    """Every model of the served bundle by name, READY (or UNAVAILABLE while not `ready`), sorted by name.
+
+    Models of the bundle this server does not serve are listed UNAVAILABLE with the reason;
+    `only_ready` leaves out every model that is not READY (Triton's `ready` flag).
+    """
+    entries = []
+    for name in model_names(served):
+        state, reason = ("READY", "") if ready else ("UNAVAILABLE", "the server is draining")
+        entries.append((name, state, reason))
+    for name in served.bundle.models:
+        if name not in served.instances:
+            entries.append((name, "UNAVAILABLE", "this edgerec version does not serve this model"))
+    index = pb.RepositoryIndexResponse()
+    for name, state, reason in sorted(entries):
+        if state == "READY" or not only_ready:
+            index.models.add(name=name, version=served.version, state=state, reason=reason)
+    return index
 
 
 def requested_outputs(request: pb.ModelInferRequest) -> list[str]:
@@ -197,14 +238,13 @@ def _fits(spec: TensorSpec, dims: list[int], limits: dict[str, int]) -> bool:
 def encode_outputs(
     request: pb.ModelInferRequest, version: str, outputs: dict[str, np.ndarray], wanted: list[str]
 ) -> pb.ModelInferResponse:
-    """The response for the name the request used, raw if the request was raw, typed otherwise."""
+    """The response for the name the request used: each wanted output's name, datatype and shape in
+    `outputs`, its data as little-endian bytes in `raw_output_contents` (same index), whatever form
+    the request's inputs had. Triton answers so, and its clients read only the raw form."""
     response = pb.ModelInferResponse(model_name=request.model_name, model_version=version, id=request.id)
     for name in wanted:
         spec = CROSS_ENCODER.output(name)
-        values = np.asarray(outputs[name], dtype=spec.numpy_dtype.newbyteorder("<"))
-        tensor = response.outputs.add(name=name, datatype=spec.kserve_datatype, shape=list(values.shape))
-        if request.raw_input_contents:
-            response.raw_output_contents.append(values.tobytes())
-        else:
-            getattr(tensor.contents, CONTENTS_FIELD[spec.kserve_datatype]).extend(values.ravel().tolist())
+        values = np.ascontiguousarray(outputs[name], dtype=spec.numpy_dtype.newbyteorder("<"))
+        response.outputs.add(name=name, datatype=spec.kserve_datatype, shape=list(values.shape))
+        response.raw_output_contents.append(values.tobytes())
     return response

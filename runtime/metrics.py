@@ -4,6 +4,28 @@ Each server owns a private registry, so several servers (tests, benchmarks)
 can live in one process. Histograms use explicit buckets chosen for a CPU
 cross-encoder: milliseconds to seconds for times, powers of two for sizes.
 Batch metrics count the batches of every model of the served version together.
+
+Calls: what is counted where. `edgerec_requests_received_total{method}`
+counts every call gRPC hands to the server's code, on arrival (the
+interceptor, `runtime.status.CallGate`). `edgerec_requests_total{method,code}`
+counts each of them once more when it ends, with the code its client got:
+- our services' methods (`edgerec.v1.Recommender`, the KServe service): by
+  `runtime.status.rpc`, including requests over `max_message_bytes`
+  (RESOURCE_EXHAUSTED, refused by our own decoder so that they reach this
+  boundary), bytes that do not parse (INVALID_ARGUMENT), calls whose
+  deadline passed while they ran (DEADLINE_EXCEEDED, though gRPC cancels
+  them) and calls their client abandoned (CANCELLED);
+- refused by the interceptor before any handler: no accepted bearer token
+  (UNAUTHENTICATED), an unknown method (UNIMPLEMENTED, method label
+  `unknown`, so clients cannot mint label values);
+- health checks and reflection: by the interceptor when they end.
+`edgerec_request_failures_total` repeats the non-OK ones.
+Calls the server's code never sees are in neither: what gRPC's transport
+refuses (metadata over `max_metadata_bytes`, a message over gRPC's own hard
+cap of twice `max_message_bytes`, calls arriving while the server stops).
+`received - requests` (summed over codes) is the calls in flight plus the
+few that gRPC ended after they arrived but before their request message
+did (the client's deadline or cancellation came first).
 """
 
 from __future__ import annotations
@@ -15,6 +37,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 TIME_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 PADDING_BUCKETS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0)
+# The method label of calls to methods the server does not have.
+UNKNOWN_METHOD = "unknown"
 
 
 class Metrics:
@@ -23,8 +47,11 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
+        self.received = Counter(
+            "edgerec_requests_received", "RPCs that reached the server's code, on arrival, by method", ["method"], registry=r
+        )
         self.requests = Counter(
-            "edgerec_requests", "RPCs answered, by method and final status code", ["method", "code"], registry=r
+            "edgerec_requests", "RPCs ended, by method and final status code", ["method", "code"], registry=r
         )
         self.failures = Counter(
             "edgerec_request_failures", "RPCs that ended with a status other than OK", ["method", "code"], registry=r
@@ -77,6 +104,9 @@ class Metrics:
         self.queue_requests.set(requests)
 
     # -- hooks used by the transport -----------------------------------------
+    def observe_arrival(self, method: str) -> None:
+        self.received.labels(method).inc()
+
     def observe_request(self, method: str, code: str, seconds: float) -> None:
         self.requests.labels(method, code).inc()
         if code != "OK":

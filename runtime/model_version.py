@@ -12,6 +12,15 @@ unpacked archive).
 The models served are those of the bundle whose name this runtime knows
 (`edgerec.core.signatures.SIGNATURES`) with a matching signature; the
 cross-encoder is required, other unknown models are skipped with a log line.
+
+The tokenizer must agree with the model (`embeddable_ids`): every id it can
+produce must be one the cross-encoder can embed, or the bundle is refused at
+load (and so at hot reload) with FAILED_PRECONDITION. The manifest records the
+model's vocabulary size (`vocab_size`, written by the export); the model
+itself is probed too, with the tokenizer's largest id and the recorded size -
+1 (ONNX Runtime fails on an id past the embedding table, at least on the CPU),
+so a bundle without the key, or with a wrong one, is caught as well. KServe
+ids are then checked against the model's vocabulary, not the tokenizer's.
 """
 
 from __future__ import annotations
@@ -140,6 +149,64 @@ def served_models(bundle: Bundle) -> list[str]:
     return served
 
 
+VOCAB_SIZE_KEY = "vocab_size"  # the cross-encoder's manifest entry: rows of its token embedding table
+
+
+def embeddable_ids(bundle: Bundle, featurizer: Featurizer, backend: Backend) -> int:
+    """How many token ids the cross-encoder embeds (ids 0 .. n-1), checked against its tokenizer.
+
+    The manifest's `vocab_size` when recorded, else the tokenizer's size; either way the model is run
+    on one row holding the tokenizer's largest id and one holding `vocab_size - 1`, so a claim the
+    model does not bear out is caught. Raises EdgeRecError FAILED_PRECONDITION naming the tokenizer's
+    size and the model's when the tokenizer can produce an id the model cannot embed.
+    """
+    tokens = featurizer.tokenizer.get_vocab_size()
+    recorded = bundle.model(CROSS_ENCODER.name).info.get(VOCAB_SIZE_KEY)
+    where = f"bundle {bundle.name} {bundle.version}: model {CROSS_ENCODER.name}"
+    if recorded is not None and (not isinstance(recorded, int) or recorded < 1):
+        raise EdgeRecError(ErrorCode.FAILED_PRECONDITION, f"{where}: manifest {VOCAB_SIZE_KEY} {recorded!r} is no size")
+    if recorded is not None and tokens > recorded:
+        raise EdgeRecError(
+            ErrorCode.FAILED_PRECONDITION,
+            f"{where}: the tokenizer has {tokens} tokens but the model embeds {recorded} (manifest {VOCAB_SIZE_KEY}); "
+            f"ids {recorded}..{tokens - 1} would fail the model",
+        )
+    size = recorded if recorded is not None else tokens
+    for probe in sorted({tokens - 1, size - 1}, reverse=True):
+        failure = _failure_on(backend, featurizer, probe)
+        if failure is not None:
+            log.error("%s fails on token id %d: %s", where, probe, failure)
+            embedded = _embedded_ids(backend, featurizer, probe)
+            claim = f"manifest {VOCAB_SIZE_KEY} {recorded}" if recorded is not None else f"no {VOCAB_SIZE_KEY} in the manifest"
+            raise EdgeRecError(
+                ErrorCode.FAILED_PRECONDITION,
+                f"{where}: the tokenizer has {tokens} tokens but the model embeds {embedded} ({claim}); "
+                f"token id {probe} fails the model",
+            )
+    return size
+
+
+def _failure_on(backend: Backend, featurizer: Featurizer, token_id: int) -> Exception | None:
+    """Why the model fails on one well-formed row holding `token_id` in the context and the candidate; None if it runs."""
+    feeds = featurizer.pack([((token_id,), (token_id,))]).as_feeds()
+    try:
+        backend.execute(feeds)
+    except Exception as exc:  # ONNX Runtime refuses an id past the embedding table
+        return exc
+    return None
+
+
+def _embedded_ids(backend: Backend, featurizer: Featurizer, failing: int) -> int:
+    """The model's vocabulary size below a failing id, found by bisection (ids below it run, it fails)."""
+    low, high = 0, failing  # the answer n: ids < n embed; id `failing` does not
+    if _failure_on(backend, featurizer, 0) is not None:
+        return 0
+    while high - low > 1:  # invariant: id `low` embeds, id `high` fails
+        middle = (low + high) // 2
+        low, high = (middle, high) if _failure_on(backend, featurizer, middle) is None else (low, middle)
+    return high
+
+
 def _shape_of(signature: ModelSignature) -> tuple[Any, ...]:
     return tuple((t.name, t.dtype, tuple(t.shape)) for t in signature.inputs), tuple(
         (t.name, t.dtype, tuple(t.shape)) for t in signature.outputs
@@ -157,7 +224,9 @@ class ModelVersion:
         config: Config,
         metrics: Metrics,
         unpacked_to: Path | None = None,
+        vocab_size: int | None = None,
     ) -> None:
+        """`vocab_size`: token ids the cross-encoder embeds (`embeddable_ids`); None: the tokenizer's size."""
         self.bundle = bundle
         self.featurizer = featurizer
         self.config = config
@@ -169,7 +238,7 @@ class ModelVersion:
             for backend in backends
         }
         self.pipeline = CrossEncoderPipeline(
-            featurizer, self.instances[CROSS_ENCODER.name], config.server, bundle.name, bundle.version
+            featurizer, self.instances[CROSS_ENCODER.name], config.server, bundle.name, bundle.version, vocab_size
         )
 
     @classmethod
@@ -181,6 +250,7 @@ class ModelVersion:
         path = Path(path)
         unpacked_to = Path(tempfile.mkdtemp(prefix="edgerec-bundle-")) if path.is_file() else None
         backends: list[Backend] = []
+        vocab_size = None
         try:
             bundle = open_bundle(path, unpacked_to)
             featurizer_config = from_jsonable(FeaturizerConfig, bundle.featurizer_settings)
@@ -191,6 +261,8 @@ class ModelVersion:
                 backend = OnnxBackend(bundle, model, sessions, config.backend.precision)
                 backend.initialize()
                 backends.append(backend)
+                if model == CROSS_ENCODER.name:
+                    vocab_size = embeddable_ids(bundle, featurizer, backend)
                 if config.backend.warm_up:
                     backend.warm_up((1, max_batch), (max(4, max_length // 4), max_length))
         except BaseException:
@@ -199,7 +271,7 @@ class ModelVersion:
             if unpacked_to is not None:
                 shutil.rmtree(unpacked_to, ignore_errors=True)
             raise
-        return cls(bundle, featurizer, backends, config, metrics, unpacked_to)
+        return cls(bundle, featurizer, backends, config, metrics, unpacked_to, vocab_size)
 
     # -- identity -----------------------------------------------------------
     @property

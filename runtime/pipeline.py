@@ -10,9 +10,11 @@ it into a longer pipeline. What happens here:
   by the one pair builder, `Featurizer.build_pairs`, exactly as in training;
   the rows go to the cross-encoder's batcher, and Rank takes the top k.
 - KServe ModelInfer: ready token-id tensors are checked the way the model
-  needs them (ids in the vocabulary, masks of 0/1, no empty row) and each
-  row goes to the same batcher as one pair.
-Errors are INVALID_ARGUMENT naming the field at fault.
+  needs them (ids the model can embed, masks and types of 0/1, and every row
+  laid out as `featurize.ROW_LAYOUT`: `[CLS] context [SEP] candidate [SEP]`
+  then padding, so a row the model cannot score is refused instead of getting
+  a constant answer) and each row goes to the same batcher as one pair.
+Errors are INVALID_ARGUMENT naming the field at fault (and the row).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from edgerec.core.errors import invalid
-from edgerec.core.featurize import ContextEntry, Featurizer, TokenIds, item_key
+from edgerec.core.featurize import ROW_LAYOUT, ContextEntry, Featurizer, TokenIds, item_key
 from edgerec.core.signatures import CROSS_ENCODER
 from edgerec.runtime.config import ServerConfig
 
@@ -141,14 +143,22 @@ class CrossEncoderPipeline:
     """Score, Rank and raw-tensor inference through the cross-encoder's instance."""
 
     def __init__(
-        self, featurizer: Featurizer, instance: "Instance", limits: ServerConfig, model_name: str, model_version: str
+        self,
+        featurizer: Featurizer,
+        instance: "Instance",
+        limits: ServerConfig,
+        model_name: str,
+        model_version: str,
+        vocab_size: int | None = None,
     ) -> None:
+        """`vocab_size`: token ids the model can embed (its embedding table's rows; the model version
+        checks it at load); None: the tokenizer's size."""
         self.featurizer = featurizer
         self.instance = instance
         self.limits = limits
         self.model_name = model_name
         self.model_version = model_version
-        self.vocab_size = featurizer.tokenizer.get_vocab_size()
+        self.vocab_size = vocab_size if vocab_size is not None else featurizer.tokenizer.get_vocab_size()
 
     @property
     def max_length(self) -> int:
@@ -218,7 +228,7 @@ class CrossEncoderPipeline:
         if not 1 <= width <= self.max_length:
             raise invalid(field, f"sequence of {width} tokens; between 1 and {self.max_length} are accepted")
         if input_ids.min() < 0 or input_ids.max() >= self.vocab_size:
-            raise invalid(f"{field}.{ids_name}", f"token ids must be in [0, {self.vocab_size})")
+            raise invalid(f"{field}.{ids_name}", f"token ids must be in [0, {self.vocab_size}), the ids the model embeds")
         if not np.isin(attention_mask, (0, 1)).all():
             raise invalid(f"{field}.{mask_name}", "values must be 0 or 1")
         if not np.isin(token_type_ids, (0, 1)).all():
@@ -227,6 +237,10 @@ class CrossEncoderPipeline:
         if not attended.any(axis=1).all():
             empty = int(np.flatnonzero(~attended.any(axis=1))[0])
             raise invalid(f"{field}.{mask_name}", f"row {empty} attends to no token")
-        lengths = width - np.argmax(attended[:, ::-1], axis=1)
+        broken = self.featurizer.layout_errors(input_ids, attention_mask, token_type_ids)
+        if broken is not None:
+            name, row, rule = broken
+            raise invalid(f"{field}.{name}", f"row {row} {rule}; a row is {ROW_LAYOUT}")
+        lengths = attended.sum(axis=1)
         ordered = {name: tensors[name] for name in CROSS_ENCODER.input_names}
         return TokenRows(ordered, lengths.astype(np.int64), pad_values(self.featurizer))

@@ -34,8 +34,9 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 
+from edgerec.proto import describing
 from edgerec.runtime import kserve_service, recommender_service
 from edgerec.runtime.auth import BearerTokenInterceptor, server_credentials
 from edgerec.runtime.config import Config, add_config_arguments, load_config
@@ -117,8 +118,17 @@ class Server:
             kserve_service.SERVICE,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
-        health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
-        reflection.enable_server_reflection((*SERVED_SERVICES, health_name, reflection.SERVICE_NAME), self._grpc)
+        # Reflection reads one pool; edgerec's files live in their own (edgerec.proto.POOL), health's and
+        # reflection's in protobuf's default one: describe all of them from one pool built for it.
+        described = (
+            recommender_service.SERVICE,
+            kserve_service.SERVICE,
+            health_pb2.DESCRIPTOR.services_by_name["Health"],
+            reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"],
+        )
+        reflection.enable_server_reflection(
+            [service.full_name for service in described], self._grpc, pool=describing(s.file for s in described)
+        )
         self.port = self._bind(settings)
         await self._grpc.start()
         for service in ("", *SERVED_SERVICES):

@@ -1,25 +1,37 @@
-"""The one place where a call's outcome becomes a gRPC status.
+"""The one place where a call's outcome becomes a gRPC status, and is counted.
 
 Every method of our services passes the same boundary:
 - `add_servicer` registers a servicer like the generated `add_*_to_server`,
   except that bytes which do not parse as the request message (corrupt wire
   format, strings that are not UTF-8) reach the method as `Undecodable`,
-  answered INVALID_ARGUMENT, instead of gRPC's bare UNKNOWN;
+  answered INVALID_ARGUMENT, instead of gRPC's bare UNKNOWN, and a request
+  over the servicer's message bound reaches it as `TooLarge`, answered
+  RESOURCE_EXHAUSTED naming `max_message_bytes` (gRPC's own limit would end
+  the call before any of our code ran, uncounted);
 - `rpc(method)` wraps each servicer method: an `EdgeRecError` ends the call
   with the mapped status and its message (which names the field at fault),
   cut to a size every client accepts; an answer larger than the server may
   send is RESOURCE_EXHAUSTED; any other exception is a bug of the server,
-  logged with its traceback and reported as INTERNAL without internals.
-  Every call is counted by method and final code.
+  logged with its traceback and reported as INTERNAL without internals; a
+  call gRPC cancels is DEADLINE_EXCEEDED if its deadline has passed, else
+  CANCELLED (the client went away). Every call is counted by method and
+  final code.
+
+`CallGate`, the server's one interceptor, sees every call before any handler
+runs: it counts the arrival, refuses unknown methods (UNIMPLEMENTED) and, with
+bearer tokens on, callers without one (UNAUTHENTICATED), counting both, and
+counts the final code of the calls of services that `rpc` does not wrap
+(health, reflection). What is counted where: `runtime.metrics`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 import grpc
@@ -28,7 +40,8 @@ from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError
 
 from edgerec.core.errors import EdgeRecError, ErrorCode, invalid
-from edgerec.runtime.metrics import Metrics
+from edgerec.runtime.auth import UNAUTHENTICATED_DETAILS, BearerTokens, refusing
+from edgerec.runtime.metrics import UNKNOWN_METHOD, Metrics
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +49,9 @@ STATUS_FOR: dict[ErrorCode, grpc.StatusCode] = {code: getattr(grpc.StatusCode, c
 # Status details travel in a header; clients refuse more than 8 KiB of them by default. Non-ASCII
 # bytes are percent-encoded (x3), so 1 KiB of UTF-8 stays far below that.
 MAX_DETAILS_BYTES = 1024
+# A client's deadline runs out a little before the server's copy of it (the server starts its clock when
+# the call arrives); a call cancelled this close to its deadline was cancelled by it.
+DEADLINE_SLACK_S = 0.001
 
 Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
 
@@ -54,8 +70,20 @@ class Undecodable:
         self.reason = reason
 
 
-def _decoder(message_class: type) -> Callable[[bytes], Any]:
+class TooLarge:
+    """Stands in for a request over the server's message bound; `rpc` answers it RESOURCE_EXHAUSTED."""
+
+    __slots__ = ("size", "limit")
+
+    def __init__(self, size: int, limit: int) -> None:
+        self.size = size
+        self.limit = limit
+
+
+def _decoder(message_class: type, max_bytes: int | None = None) -> Callable[[bytes], Any]:
     def decode(data: bytes) -> Any:
+        if max_bytes is not None and len(data) > max_bytes:
+            return TooLarge(len(data), max_bytes)  # refused before parsing: no work for an oversized request
         try:
             return message_class.FromString(data)
         except DecodeError as exc:
@@ -64,12 +92,17 @@ def _decoder(message_class: type) -> Callable[[bytes], Any]:
     return decode
 
 
-def add_servicer(server: grpc.aio.Server, servicer: Any, service: ServiceDescriptor) -> None:
-    """Register the unary methods of `service`, implemented by `servicer`, with parse failures kept."""
+def add_servicer(
+    server: grpc.aio.Server, servicer: Any, service: ServiceDescriptor, max_request_bytes: int | None = None
+) -> None:
+    """Register the unary methods of `service`, implemented by `servicer`, with parse failures and
+    oversized requests kept for `rpc` to answer. `max_request_bytes` defaults to the servicer's
+    `max_response_bytes`: one setting (`max_message_bytes`) bounds messages both ways."""
+    limit = servicer.max_response_bytes if max_request_bytes is None else max_request_bytes
     handlers = {
         method.name: grpc.unary_unary_rpc_method_handler(
             getattr(servicer, method.name),
-            request_deserializer=_decoder(message_factory.GetMessageClass(method.input_type)),
+            request_deserializer=_decoder(message_factory.GetMessageClass(method.input_type), limit),
             response_serializer=message_factory.GetMessageClass(method.output_type).SerializeToString,
         )
         for method in service.methods
@@ -84,6 +117,12 @@ def short_details(message: str) -> str:
     if len(encoded) <= MAX_DETAILS_BYTES:
         return message
     return encoded[: MAX_DETAILS_BYTES - 3].decode(errors="ignore") + "..."
+
+
+def cancelled_code(context: grpc.aio.ServicerContext) -> str:
+    """The code of a call gRPC cancelled: DEADLINE_EXCEEDED if its deadline has passed, else CANCELLED."""
+    remaining = context.time_remaining()
+    return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= DEADLINE_SLACK_S else "CANCELLED"
 
 
 def rpc(method: str) -> Callable[[Handler], Handler]:
@@ -101,6 +140,12 @@ def rpc(method: str) -> Callable[[Handler], Handler]:
             try:
                 if isinstance(request, Undecodable):
                     raise invalid("request", f"not a valid {request.type_name}: {request.reason}")
+                if isinstance(request, TooLarge):
+                    raise EdgeRecError(
+                        ErrorCode.RESOURCE_EXHAUSTED,
+                        f"the request is {request.size} bytes, over this server's limit of {request.limit} "
+                        "(max_message_bytes); send fewer candidates per call",
+                    )
                 response = await handler(self, request, context)
                 size = response.ByteSize()
                 if size > self.max_response_bytes:
@@ -113,8 +158,8 @@ def rpc(method: str) -> Callable[[Handler], Handler]:
             except EdgeRecError as exc:
                 code = exc.code.name
                 await context.abort(STATUS_FOR[exc.code], short_details(exc.message))
-            except asyncio.CancelledError:
-                code = "CANCELLED"
+            except asyncio.CancelledError:  # gRPC ended the call: its deadline passed, or the client went away
+                code = cancelled_code(context)
                 raise
             except Exception:
                 code = "INTERNAL"
@@ -126,3 +171,93 @@ def rpc(method: str) -> Callable[[Handler], Handler]:
         return wrapper  # type: ignore[return-value]
 
     return decorate
+
+
+class CallGate(grpc.aio.ServerInterceptor):
+    """The server's one interceptor: every call gRPC hands to the server's code passes it first.
+
+    It counts the call's arrival (`edgerec_requests_received_total`), then:
+    an unknown method is counted UNIMPLEMENTED under the method label
+    `unknown` (gRPC answers it); with `tokens`, a call they do not admit is
+    refused and counted UNAUTHENTICATED; a call to a service in
+    `counted_services` (whose methods `rpc` wraps) goes on uncounted here;
+    any other (health, reflection) is counted when it ends, with its code.
+    """
+
+    def __init__(self, metrics: Metrics, counted_services: Iterable[str], tokens: BearerTokens | None = None) -> None:
+        self._metrics = metrics
+        self._counted = frozenset(counted_services)
+        self._tokens = tokens
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(details)
+        service, _, method = details.method.lstrip("/").rpartition("/")
+        if handler is None:
+            self._metrics.observe_arrival(UNKNOWN_METHOD)
+            self._metrics.observe_request(UNKNOWN_METHOD, "UNIMPLEMENTED", 0.0)
+            return None
+        self._metrics.observe_arrival(method)
+        if self._tokens is not None and not self._tokens.admit(details.method, details.invocation_metadata):
+            self._metrics.observe_request(method, "UNAUTHENTICATED", 0.0)
+            return refusing(handler, grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED_DETAILS)
+        if service in self._counted:
+            return handler
+        return _counting(handler, method, self._metrics)
+
+
+def _final_code(context: grpc.aio.ServicerContext, failed: bool) -> str:
+    """The code a call ends with once its behavior has returned (or raised, `failed`)."""
+    code = context.code()
+    if code is None:
+        return "UNKNOWN" if failed else "OK"  # gRPC answers an exception nobody turned into a status UNKNOWN
+    return code.name if isinstance(code, grpc.StatusCode) else grpc.StatusCode(code).name
+
+
+def _counting(handler: grpc.RpcMethodHandler, method: str, metrics: Metrics) -> grpc.RpcMethodHandler:
+    """`handler` with its behavior counted in `edgerec_requests_total` when it ends."""
+    kind, behavior = next(
+        (kind, getattr(handler, kind))
+        for kind in ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
+        if getattr(handler, kind) is not None
+    )
+
+    def count(context: grpc.aio.ServicerContext, started: float, error: BaseException | None) -> None:
+        if isinstance(error, (asyncio.CancelledError, GeneratorExit)):  # gRPC ended the call or closed the stream
+            code = cancelled_code(context)
+        else:
+            code = _final_code(context, failed=error is not None)
+        metrics.observe_request(method, code, time.perf_counter() - started)
+
+    if inspect.isasyncgenfunction(behavior):
+
+        async def counted(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            started, error = time.perf_counter(), None
+            try:
+                async for response in behavior(request, context):
+                    yield response
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                count(context, started, error)
+
+    else:
+
+        async def counted(request: Any, context: grpc.aio.ServicerContext) -> Any:  # type: ignore[misc]
+            started, error = time.perf_counter(), None
+            try:
+                return await behavior(request, context)
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                count(context, started, error)
+
+    factory = getattr(grpc, f"{kind}_rpc_method_handler")
+    return factory(
+        counted, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+    )

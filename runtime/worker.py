@@ -13,9 +13,15 @@ Two sides joined by a bounded channel, like TEI's batching and inference tasks:
 
 Each request waits on a future. Its deadline timer, or its caller
 cancelling, finishes it at once: its queued pairs are dropped before they
-cost compute, and a prepared batch nobody waits for any more is not run. A
-backend failure fails only the requests of that batch. Draining finishes
-everything admitted, then stops the thread.
+cost compute, and a prepared batch nobody waits for any more is not run.
+
+When the backend fails on a batch of several requests, each of them runs
+again alone, so one request the model cannot run (an id past its vocabulary,
+a poisoned row) fails only itself: its neighbours are answered. A request
+that fails alone gets INTERNAL "the model failed on this request; the server
+log has details"; the engine's own text goes to the log with the request's
+admission number, never to the client. Draining finishes everything admitted,
+retries included, then stops the thread.
 """
 
 from __future__ import annotations
@@ -189,8 +195,8 @@ class Worker:
     async def _cut_batches_until_drained(self) -> None:
         while True:
             self._wakeup.clear()
-            if not self.scheduler.queued_pairs and self._draining:
-                return
+            if not self.scheduler.queued_pairs and self._draining and not self._in_flight:
+                return  # in-flight batches may still hand back requests to run alone
             if self._in_flight >= IN_FLIGHT:
                 await self._wakeup.wait()
                 continue
@@ -211,9 +217,9 @@ class Worker:
                 self.metrics.queue_seconds.observe(seconds)
             try:
                 prepared = self._prepare(batch.segments)
-            except Exception as exc:  # a bug in preparing one batch must not stop the worker
+            except Exception:  # a bug in preparing one batch must not stop the worker
                 log.exception("%s: preparing a batch of %d pairs failed", self.name, batch.rows)
-                self._fail_batch(batch, exc)
+                self._fail_batch(batch)
                 continue
             self._in_flight += 1
             self._channel.put((batch, prepared))
@@ -256,9 +262,20 @@ class Worker:
         self._in_flight -= 1
         self._wakeup.set()
         if error is not None:
-            log.error("%s: the backend failed on a batch of %d pairs", self.name, batch.rows, exc_info=error)
             self.metrics.batch_failures.inc()
-            self._fail_batch(batch, error)
+            requests = _requests_of(batch)
+            if len(requests) > 1:
+                log.warning(
+                    "%s: the model failed on a batch of %d pairs from requests %s (%s: %s); running each alone",
+                    self.name, batch.rows, ", ".join(f"#{r.seq}" for r in requests), type(error).__name__, error,
+                )
+                self._run_alone(batch, requests)
+            else:
+                log.error(
+                    "%s: the model failed on request #%d (%d pairs, alone)", self.name, requests[0].seq, batch.rows,
+                    exc_info=error,
+                )
+                self._fail_batch(batch)
         elif outputs is None:
             for segment in batch.segments:  # everyone gave up while it waited: it was not run
                 reason = segment.request.drop_reason or "failed"
@@ -290,13 +307,37 @@ class Worker:
             if request.unfinished == 0 and not request.finished:
                 self._finish(request, None)
 
-    def _fail_batch(self, batch: Batch, exc: BaseException) -> None:
-        # The status text keeps the word "engine": clients and benchmarks/reliability_faults.py match on it.
-        error = EdgeRecError(
-            ErrorCode.INTERNAL,
-            f"the engine failed on the batch holding this request ({type(exc).__name__}: {exc}); "
-            "other requests are unaffected, retrying may succeed",
-        )
+    def _run_alone(self, batch: Batch, requests: list[_Call]) -> None:
+        """Queue each request of a failed batch as a batch of its own (those still waiting), ahead of new batches."""
+        for request in requests:
+            segments = [segment for segment in batch.segments if segment.request is request]
+            alone = Batch(
+                segments=segments,
+                rows=sum(len(segment.indices) for segment in segments),
+                width=max(int(segment.lengths.max()) for segment in segments),
+                real_tokens=sum(int(segment.lengths.sum()) for segment in segments),
+                queue_seconds=(),
+            )
+            if request.finished:  # expired or cancelled meanwhile: nothing to run
+                self._release(alone)
+                continue
+            try:
+                prepared = self._prepare(segments)
+            except Exception:
+                log.exception("%s: preparing request #%d alone failed", self.name, request.seq)
+                self._fail_batch(alone)
+                continue
+            self._in_flight += 1
+            self._channel.put((alone, prepared))
+
+    def _fail_batch(self, batch: Batch) -> None:
+        """Fail every request of `batch` with INTERNAL; the details are in the log, not the status."""
+        error = EdgeRecError(ErrorCode.INTERNAL, "the model failed on this request; the server log has details")
         for segment in batch.segments:
             self._finish(segment.request, error)
         self._release(batch)
+
+
+def _requests_of(batch: Batch) -> list[_Call]:
+    """The distinct requests of a batch, in row order."""
+    return list(dict.fromkeys(segment.request for segment in batch.segments))

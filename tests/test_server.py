@@ -252,12 +252,9 @@ def test_model_infer_equals_offline_scores(inference, offline, ids, raw):
         ("purchase_probability", "FP32", [6]),
         ("expected_quantity", "FP32", [6]),
     ]
-    if raw:
-        probabilities = np.frombuffer(response.raw_output_contents[0], dtype="<f4")
-        quantities = np.frombuffer(response.raw_output_contents[1], dtype="<f4")
-    else:
-        probabilities = np.array(response.outputs[0].contents.fp32_contents)
-        quantities = np.array(response.outputs[1].contents.fp32_contents)
+    # typed or raw request, the data comes raw, as Triton answers (tests/test_kserve.py)
+    probabilities = np.frombuffer(response.raw_output_contents[0], dtype="<f4")
+    quantities = np.frombuffer(response.raw_output_contents[1], dtype="<f4")
     expected_p, expected_q = offline.run_rows(batch.input_ids, batch.attention_mask, batch.token_type_ids)
     np.testing.assert_allclose(probabilities, expected_p, atol=1e-6)
     np.testing.assert_allclose(quantities, expected_q, rtol=1e-5)

@@ -15,6 +15,25 @@ Known items are tokenized once (the bundle's catalog holds their token ids);
 only free text is tokenized per request. Pairs are padded to the longest pair
 of their batch, never to `max_length`.
 
+Item text is read as plain text, one rule for every text (catalog items at
+export, free text per request, context items and candidates alike;
+`Featurizer.encode_texts`): the tokenizer's normalizer, its word splitter and
+its vocabulary model only, never its added/special-token matcher, so a text
+holding "[SEP]" or "[CLS]" is read as those characters and cannot change the
+pair's structure; an id of a special token never comes out of text (one that
+would is read as [UNK]). Free text must mean something to the model
+(`Featurizer.item_tokens`): once cut to `max_item_tokens`, at least one of its
+tokens must be one the model knows (not [UNK]); text empty after
+normalization, or only of words the vocabulary cannot spell (emoji, a
+512-letter word), is refused. Text that is partly [UNK] is scored: the real
+catalog has no [UNK] at all, but measured on the real model, a known word
+followed by eight [UNK] still moves the score over a third of the range
+clean words do, so such text carries signal; all-[UNK] text gets one constant
+score whatever it says.
+
+`ROW_LAYOUT` is the row layout the model reads, and `Featurizer.layout_errors`
+checks ready token-id rows against it (KServe ModelInfer), vectorized.
+
 `Featurizer.build_pairs` is the one pair builder: training, evaluation, the
 export's gate, the server and the tests all turn (history, candidates) into
 token rows through it, so they agree token for token. An item is identified
@@ -38,6 +57,13 @@ from edgerec.core.signatures import CROSS_ENCODER
 
 TokenIds = tuple[int, ...]
 COUNT_TOKENS = 3  # room reserved for a candidate's "<n>x" prefix (n <= 999)
+
+# The one description of a row as the cross-encoder reads it (signatures, README and KServe errors quote it).
+ROW_LAYOUT = (
+    "[CLS] context [SEP] candidate [SEP] then padding: attention_mask 1s then 0s; token_type_ids 0 up to the "
+    "first [SEP], 1 after it; the context may be empty, the candidate holds a token the model knows (not [UNK]); "
+    "no [CLS], [SEP], [PAD] or [MASK] elsewhere"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,7 +144,13 @@ class Featurizer:
         self.cls_id = _special_id(tokenizer, "[CLS]")
         self.sep_id = _special_id(tokenizer, "[SEP]")
         self.pad_id = _special_id(tokenizer, "[PAD]")
-        self.item_sep_ids = tuple(tokenizer.encode(";", add_special_tokens=False).ids)
+        self.unk_id = _special_id(tokenizer, "[UNK]")
+        # Ids that text never yields: every added token flagged special ([PAD], [CLS], [SEP], [MASK], ...).
+        self.special_ids = frozenset(
+            token_id for token_id, token in tokenizer.get_added_tokens_decoder().items() if token.special
+        ) | {self.cls_id, self.sep_id, self.pad_id, self.unk_id}
+        self._structural_ids = np.array(sorted(self.special_ids - {self.unk_id}), dtype=np.int64)
+        self.item_sep_ids = self.plain_tokens(";")
         self._count_ids: dict[int, TokenIds] = {}
         self.catalog: dict[str, TokenIds] = {
             item_id: tuple(ids[: config.max_item_tokens]) for item_id, ids in (catalog or {}).items()
@@ -135,18 +167,34 @@ class Featurizer:
         return cls(Tokenizer.from_file(str(tokenizer_path)), config, catalog)
 
     # -- items -------------------------------------------------------------
+    def plain_tokens(self, text: str) -> TokenIds:
+        """Token ids of `text` read as plain text: normalized, split into words, each word spelled by the
+        vocabulary model (WordPiece), never matched against added or special tokens; a special id other
+        than [UNK] that the model would give (a tokenizer that keeps "[SEP]" as one word) becomes [UNK]."""
+        tokenizer = self.tokenizer
+        if tokenizer.normalizer is not None:
+            text = tokenizer.normalizer.normalize_str(text)
+        words = tokenizer.pre_tokenizer.pre_tokenize_str(text) if tokenizer.pre_tokenizer is not None else [(text, None)]
+        special, unk = self.special_ids, self.unk_id
+        return tuple(
+            unk if token.id in special else token.id for word, _ in words for token in tokenizer.model.tokenize(word)
+        )
+
     def encode_texts(self, texts: Sequence[str]) -> list[TokenIds]:
-        """Token ids of item texts, without special tokens, cut to `max_item_tokens`."""
-        if not texts:
-            return []
-        encodings = self.tokenizer.encode_batch(list(texts), add_special_tokens=False)
-        return [tuple(e.ids[: self.config.max_item_tokens]) for e in encodings]
+        """Token ids of item texts read as plain text (`plain_tokens`), cut to `max_item_tokens`.
+
+        The one text encoding: the export's catalog (`save_catalog`), training and the server's free text.
+        """
+        limit = self.config.max_item_tokens
+        return [self.plain_tokens(text)[:limit] for text in texts]
 
     def item_tokens(self, item_id: str = "", text: str = "", field: str = "item") -> TokenIds:
-        """Token ids for an item: the catalog's for a known id, else its free text's.
+        """Token ids for an item: the catalog's for a known id, else its free text's (`encode_texts`).
 
         Raises INVALID_ARGUMENT naming `field` for an unknown id without text,
-        or for text that is empty or longer than `max_text_chars`.
+        for text that is blank or longer than `max_text_chars`, and for text
+        the model cannot read: no token it knows (only [UNK], or nothing left
+        after normalization) among the `max_item_tokens` it is fed.
         """
         if item_id and item_id in self.catalog:
             return self.catalog[item_id]
@@ -159,8 +207,12 @@ class Featurizer:
         if not text.strip():
             raise invalid(field, "text is blank")
         tokens = self.encode_texts([text])[0]
-        if not tokens:
-            raise invalid(field, "text has no tokens the model knows")
+        if all(token == self.unk_id for token in tokens):
+            raise invalid(
+                field,
+                "text has no tokens the model knows: nothing is left of it once normalized, or its "
+                f"first {self.config.max_item_tokens} tokens are all [UNK] (words the vocabulary cannot spell, such as emoji)",
+            )
         return tokens
 
     # -- context and pairs -------------------------------------------------
@@ -203,7 +255,7 @@ class Featurizer:
     def _count_tokens(self, count: int, minimum: int = 1) -> TokenIds:
         count = min(max(minimum, int(count)), 999)
         if count not in self._count_ids:
-            self._count_ids[count] = tuple(self.tokenizer.encode(f"{count}x", add_special_tokens=False).ids)
+            self._count_ids[count] = self.plain_tokens(f"{count}x")
         return self._count_ids[count]
 
     def pair_length(self, context: TokenIds, candidate: TokenIds) -> int:
@@ -226,6 +278,48 @@ class Featurizer:
             token_types[row, len(first) : length] = 1
         return EncodedBatch(input_ids, attention, token_types)
 
+    def layout_errors(
+        self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray
+    ) -> tuple[str, int, str] | None:
+        """The first row of ready token-id rows that breaks `ROW_LAYOUT`, as (input name, row, rule broken);
+        None if every row follows it. Vectorized: a few array passes over the whole batch.
+
+        The arrays are int64 [batch, sequence] with ids already in the vocabulary and masks and types of 0/1.
+        """
+        ids_name, mask_name, types_name = CROSS_ENCODER.input_names
+        positions = np.arange(input_ids.shape[1])
+        attended = attention_mask.astype(bool)
+        length = attended.sum(axis=1)  # real tokens per row
+        first_length = (attended & (token_type_ids == 0)).sum(axis=1)  # [CLS] context [SEP]
+        second_length = length - first_length  # candidate [SEP]
+        first_end = np.maximum(first_length - 1, 0)[:, None]
+        last = np.maximum(length - 1, 0)[:, None]
+        inner = attended & (positions > 0) & (positions != first_end) & (positions != last)
+        candidate = inner & (positions >= first_length[:, None])
+        rules = (
+            (mask_name, (attended != (positions < length[:, None])).any(axis=1),
+             "has a 0 before a 1: the mask must be 1 for every real token, then 0"),
+            (ids_name, input_ids[:, 0] != self.cls_id, "does not start with [CLS]"),
+            (types_name, (attended & (token_type_ids.astype(bool) != (positions >= first_length[:, None]))).any(axis=1),
+             "has token types that are not 0s then 1s over its real tokens"),
+            (types_name, second_length == 0, "has no candidate segment: no real token has token type 1"),
+            (ids_name, (first_length < 2) | (np.take_along_axis(input_ids, first_end, axis=1)[:, 0] != self.sep_id),
+             "does not end its context segment (token type 0) with [SEP]"),
+            (ids_name, np.take_along_axis(input_ids, last, axis=1)[:, 0] != self.sep_id,
+             "does not end its candidate segment (token type 1) with [SEP]"),
+            (ids_name, second_length < 2, "has no candidate token before the candidate's [SEP]"),
+            (ids_name, (inner & np.isin(input_ids, self._structural_ids)).any(axis=1),
+             "has [CLS], [SEP], [PAD] or [MASK] inside the context or the candidate"),
+            (ids_name, ~(candidate & (input_ids != self.unk_id)).any(axis=1),
+             "has no candidate token the model knows: all are [UNK]"),
+        )
+        broken = np.stack([bad for _, bad, _ in rules], axis=1)  # [rows, rules]
+        failing = np.flatnonzero(broken.any(axis=1))
+        if not len(failing):
+            return None
+        row = int(failing[0])
+        name, _, rule = rules[int(np.argmax(broken[row]))]
+        return name, row, rule
 
 def _special_id(tokenizer: Tokenizer, token: str) -> int:
     token_id = tokenizer.token_to_id(token)

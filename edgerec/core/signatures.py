@@ -95,12 +95,26 @@ CROSS_ENCODER = ModelSignature(
     name="cross_encoder",
     description=(
         "BERT cross-encoder over `[CLS] context [SEP] candidate [SEP]` (edgerec.core.featurize): one row per "
-        "(customer, candidate) pair; the sigmoid and the exp run inside the graph"
+        "(customer, candidate) pair; the sigmoid and the exp run inside the graph. Every row must follow that "
+        "layout (featurize.ROW_LAYOUT): [CLS] first, a [SEP] ending the context (token type 0, may be empty) and "
+        "one ending the candidate (token type 1, at least one token the model knows), then padding; KServe "
+        "ModelInfer refuses other rows with INVALID_ARGUMENT naming the row and the rule"
     ),
     inputs=(
-        TensorSpec("input_ids", "int64", _TOKENS, "WordPiece token ids, padded with [PAD] after the last attended token"),
-        TensorSpec("attention_mask", "int64", _TOKENS, "1 for a real token, 0 for padding"),
-        TensorSpec("token_type_ids", "int64", _TOKENS, "0 for [CLS] context [SEP], 1 for the candidate segment and its [SEP]"),
+        TensorSpec(
+            "input_ids", "int64", _TOKENS,
+            "WordPiece token ids below the model's vocabulary size: [CLS] context [SEP] candidate [SEP], then [PAD]; "
+            "[CLS], [SEP], [PAD] and [MASK] appear only where that layout puts them",
+        ),
+        TensorSpec(
+            "attention_mask", "int64", _TOKENS,
+            "1 for every real token from [CLS] to the last [SEP], then 0 for padding (1s then 0s, at least one 1)",
+        ),
+        TensorSpec(
+            "token_type_ids", "int64", _TOKENS,
+            "0 over [CLS] context [SEP], 1 over the candidate and its [SEP] (0s then 1s over the real tokens); "
+            "0 or 1 under padding",
+        ),
     ),
     outputs=(
         TensorSpec("purchase_probability", "float32", ("batch",), "probability that the customer buys the candidate, in [0, 1]"),
