@@ -32,7 +32,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from edgerec.core.bundle import ModelFiles, sha256_file
+from edgerec.core.bundle import VOCAB_SIZE, ModelFiles, sha256_file
 from edgerec.core.featurize import EncodedBatch
 from edgerec.core.settings import add_arguments, from_arguments, from_jsonable, setting
 from edgerec.core.signatures import CROSS_ENCODER
@@ -342,7 +342,7 @@ def cross_encoder_artifacts(
         },
         "base_model": info.get("base_model"),
         "num_layers": checkpoint.model.config.num_hidden_layers,
-        "vocab_size": checkpoint.model.config.vocab_size,  # ids the model embeds; the server checks the tokenizer against it
+        VOCAB_SIZE: checkpoint.model.config.vocab_size,  # ids the model embeds; the server checks the tokenizer against it
         "gate": {"bounds": gate, "passed": all(r.passed for r in outcome.results.values())},
         "data_fingerprint": info.get("data_fingerprint", fingerprint),
         "fusions": {

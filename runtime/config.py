@@ -31,6 +31,9 @@ except ImportError:  # Python 3.10: JSON config files only
 
 ENV_PREFIX = "EDGEREC_"
 CONFIG_ENV = ENV_PREFIX + "CONFIG"
+# The headers gRPC clients send besides any of the caller's (path, authority, user agent, deadline...)
+# take about 600 bytes as gRPC counts them; below this, ordinary calls would be refused.
+MIN_METADATA_BYTES = 4096
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +50,18 @@ class ServerConfig:
     tls_client_ca: Path | None = setting(None, "PEM CA bundle; if set, clients must present a certificate it signed (mTLS)")
     auth_tokens: tuple[str, ...] = setting((), "bearer tokens accepted in `authorization: Bearer <token>`; none: auth off")
     auth_token_file: Path | None = setting(None, "file of accepted bearer tokens, one per line (added to --auth-tokens)")
-    max_message_bytes: int = setting(4 * 1024 * 1024, "largest gRPC message received or sent, in bytes")
+    max_message_bytes: int = setting(
+        4 * 1024 * 1024,
+        "largest gRPC message received or sent, in bytes; a larger request gets RESOURCE_EXHAUSTED "
+        "(gRPC itself drops one over twice this size unread)",
+    )
+    max_metadata_bytes: int = setting(
+        16 * 1024,
+        "largest metadata (headers) of one call, in bytes as gRPC counts them (name + value + 32 per "
+        "header, its own headers included); larger gets RESOURCE_EXHAUSTED, every time. The largest bearer "
+        "token accepted is this minus 1 KiB (15 KiB at the default; gRPC Python's other headers take about "
+        "600 bytes). The default is gRPC's own hard limit, so every call that ever got through still does",
+    )
     max_candidates: int = setting(1024, "most candidates in one Score/Rank request (and rows in one ModelInfer)")
     max_context_items: int = setting(256, "most context items in one request")
     drain_timeout_s: float = setting(30.0, "on SIGTERM, how long admitted requests may take to finish")
@@ -127,6 +141,8 @@ class Config:
             problems.append("max_queue_requests must be >= 1")
         if self.batcher.length_bucket_width < 0:
             problems.append("length_bucket_width must be >= 0")
+        if self.server.max_metadata_bytes < MIN_METADATA_BYTES:
+            problems.append(f"max_metadata_bytes must be >= {MIN_METADATA_BYTES}, or ordinary calls' own headers are refused")
         if self.server.max_candidates < 1 or self.server.max_context_items < 0:
             problems.append("max_candidates must be >= 1 and max_context_items >= 0")
         if bool(self.server.tls_cert) != bool(self.server.tls_key):

@@ -35,7 +35,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from edgerec.core.bundle import Bundle, open_bundle
+from edgerec.core.bundle import VOCAB_SIZE, Bundle, open_bundle
 from edgerec.core.errors import EdgeRecError, ErrorCode
 from edgerec.core.featurize import Featurizer, FeaturizerConfig
 from edgerec.core.settings import from_jsonable
@@ -149,7 +149,6 @@ def served_models(bundle: Bundle) -> list[str]:
     return served
 
 
-VOCAB_SIZE_KEY = "vocab_size"  # the cross-encoder's manifest entry: rows of its token embedding table
 
 
 def embeddable_ids(bundle: Bundle, featurizer: Featurizer, backend: Backend) -> int:
@@ -161,14 +160,14 @@ def embeddable_ids(bundle: Bundle, featurizer: Featurizer, backend: Backend) -> 
     size and the model's when the tokenizer can produce an id the model cannot embed.
     """
     tokens = featurizer.tokenizer.get_vocab_size()
-    recorded = bundle.model(CROSS_ENCODER.name).info.get(VOCAB_SIZE_KEY)
+    recorded = bundle.model(CROSS_ENCODER.name).info.get(VOCAB_SIZE)
     where = f"bundle {bundle.name} {bundle.version}: model {CROSS_ENCODER.name}"
-    if recorded is not None and (not isinstance(recorded, int) or recorded < 1):
-        raise EdgeRecError(ErrorCode.FAILED_PRECONDITION, f"{where}: manifest {VOCAB_SIZE_KEY} {recorded!r} is no size")
+    if recorded is not None and (not isinstance(recorded, int) or isinstance(recorded, bool) or recorded < 1):
+        raise EdgeRecError(ErrorCode.FAILED_PRECONDITION, f"{where}: manifest {VOCAB_SIZE} {recorded!r} is no size")
     if recorded is not None and tokens > recorded:
         raise EdgeRecError(
             ErrorCode.FAILED_PRECONDITION,
-            f"{where}: the tokenizer has {tokens} tokens but the model embeds {recorded} (manifest {VOCAB_SIZE_KEY}); "
+            f"{where}: the tokenizer has {tokens} tokens but the model embeds {recorded} (manifest {VOCAB_SIZE}); "
             f"ids {recorded}..{tokens - 1} would fail the model",
         )
     size = recorded if recorded is not None else tokens
@@ -177,7 +176,7 @@ def embeddable_ids(bundle: Bundle, featurizer: Featurizer, backend: Backend) -> 
         if failure is not None:
             log.error("%s fails on token id %d: %s", where, probe, failure)
             embedded = _embedded_ids(backend, featurizer, probe)
-            claim = f"manifest {VOCAB_SIZE_KEY} {recorded}" if recorded is not None else f"no {VOCAB_SIZE_KEY} in the manifest"
+            claim = f"manifest {VOCAB_SIZE} {recorded}" if recorded is not None else f"no {VOCAB_SIZE} in the manifest"
             raise EdgeRecError(
                 ErrorCode.FAILED_PRECONDITION,
                 f"{where}: the tokenizer has {tokens} tokens but the model embeds {embedded} ({claim}); "

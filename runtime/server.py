@@ -8,12 +8,18 @@ beside it. It binds 127.0.0.1 unless told otherwise and bounds message sizes.
 
 Operations:
 - SIGTERM/SIGINT: stop admitting, finish every admitted request (up to
-  `drain_timeout_s`), exit 0.
+  `drain_timeout_s`), exit 0. During start-up (signals are caught from the
+  first instruction of `edgerec serve`, `runtime.process`): exit 0 without
+  serving, as soon as the bundle being loaded is read (a load cannot be
+  interrupted; it is then freed).
 - SIGHUP (or `Server.reload`): load, verify and warm up the bundle at
   `--bundle` again (a `latest` symlink is followed anew) or at a given path,
   then swap it in atomically; the old version finishes what it admitted. A
   bundle that fails to load is logged and counted, and the old one keeps
-  serving.
+  serving. SIGHUPs coalesce (`Server.request_reload`): while a reload runs,
+  any number of them queue one more, which reads the bundle after all of
+  them; one received during start-up after the bundle was read reloads once
+  serving, one received before is covered by the start-up load itself.
 
 `start_server(config)` runs a server in a background thread of the calling
 process (tests, benchmarks); `Server` runs on the caller's own event loop;
@@ -24,12 +30,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -38,12 +47,13 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from edgerec.proto import describing
 from edgerec.runtime import kserve_service, recommender_service
-from edgerec.runtime.auth import BearerTokenInterceptor, server_credentials
+from edgerec.runtime.auth import BearerTokens, server_credentials
 from edgerec.runtime.config import Config, add_config_arguments, load_config
 from edgerec.core.errors import EdgeRecError, ErrorCode
 from edgerec.runtime.metrics import Metrics, serve_metrics
 from edgerec.runtime.model_version import ModelVersion
-from edgerec.runtime.status import add_servicer
+from edgerec.runtime.process import catch_signals
+from edgerec.runtime.status import CallGate, add_servicer
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +63,11 @@ SERVED_SERVICES = (recommender_service.SERVICE.full_name, kserve_service.SERVICE
 GIL_SWITCH_INTERVAL_S = 0.001
 # On shutdown, how long answered calls may take to send their responses before open streams are cut.
 RESPONSE_FLUSH_S = 1.0
+# gRPC itself refuses a received message over this many times `max_message_bytes` before reading it (a
+# memory guard); a smaller one over the limit is read and refused by our own decoder (`runtime.status`),
+# so that the call reaches the status boundary and is counted with a message naming the setting.
+TRANSPORT_MESSAGE_FACTOR = 2
+GRPC_INT_MAX = 2**31 - 1  # gRPC's channel arguments are C ints
 
 
 class Server:
@@ -69,6 +84,12 @@ class Server:
         self._health = health.aio.HealthServicer()
         self._metrics_http = None
         self._reload_lock: asyncio.Lock | None = None
+        # SIGHUP coalescing: reloads asked for so far, and how many of those a load began after.
+        self._reloads_requested = 0
+        self._reloads_covered = 0
+        self._reload_task: asyncio.Task | None = None
+        self._loading_started = False
+        self.serving = False
 
     # -- what the services see ------------------------------------------------
     def model_version(self) -> ModelVersion:
@@ -82,27 +103,49 @@ class Server:
 
     # -- lifecycle ----------------------------------------------------------------
     async def start(self) -> "Server":
+        """Load the bundle and serve it; returns without serving if `abandon_start` was called meanwhile."""
         settings = self.config.server
         if settings.bundle is None:
             raise ValueError("no bundle to serve: pass --bundle PATH (a bundle folder or .tar.gz)")
         self._reload_lock = asyncio.Lock()
         sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_INTERVAL_S))
-        self._current = await self._load(settings.bundle)
+        self._loading_started = True
+        self._reloads_covered = self._reloads_requested  # reloads asked for so far: this load reads the bundle
+        loaded = await self._load(settings.bundle)
+        if self._draining:  # asked to stop while the bundle loaded: free it, never serve
+            await loaded.retire(0)
+            return self
+        self._current = loaded
         try:
             await self._serve(settings)
         except BaseException:
             await self.stop(grace=0)
             raise
+        self.serving = True
+        if self._reloads_requested > self._reloads_covered:
+            log.info("reloading: a SIGHUP came while start-up was loading the bundle")
+            self._start_reloads()
         return self
+
+    def abandon_start(self) -> None:
+        """Stop requested before serving: `start` frees what it is loading and returns without serving."""
+        self._draining = True
 
     async def _serve(self, settings) -> None:
         tokens = self.config.accepted_tokens()
-        interceptors = [BearerTokenInterceptor(tokens, self.metrics)] if tokens else []
+        gate = CallGate(self.metrics, SERVED_SERVICES, BearerTokens(tokens) if tokens else None)
         self._grpc = grpc.aio.server(
-            interceptors=interceptors,
+            interceptors=[gate],
             options=[
-                ("grpc.max_receive_message_length", settings.max_message_bytes),
+                # our decoder refuses requests over max_message_bytes (`runtime.status`); this is gRPC's cap
+                (
+                    "grpc.max_receive_message_length",
+                    min(TRANSPORT_MESSAGE_FACTOR * settings.max_message_bytes, GRPC_INT_MAX),
+                ),
                 ("grpc.max_send_message_length", settings.max_message_bytes),
+                # gRPC refuses metadata between its soft and hard limits at random; equal, a size gets one answer
+                ("grpc.max_metadata_size", settings.max_metadata_bytes),
+                ("grpc.absolute_max_metadata_size", settings.max_metadata_bytes),
                 ("grpc.so_reuseport", 0),  # a second server on the same port fails instead of sharing it
             ],
         )
@@ -161,10 +204,45 @@ class Server:
             raise OSError(f"cannot listen on {address}: {exc}") from exc
 
     async def _load(self, path: Path) -> ModelVersion:
+        log.info("loading bundle %s", path)
         loaded = await asyncio.to_thread(ModelVersion.load, Path(path), self.config, self.metrics)
         await loaded.start()
         self.metrics.set_model(loaded.name, loaded.version, loaded.variants())
         return loaded
+
+    def request_reload(self) -> None:
+        """Reload the configured bundle soon (SIGHUP), coalescing requests.
+
+        At most one reload runs and at most one more waits behind it: any
+        number of requests made while a reload runs are served by the next
+        one, which reads the bundle path after all of them. Before serving, a
+        request is served by the start-up load if that had not read the bundle
+        yet, else by one reload once serving. Each request is logged with what
+        became of it.
+        """
+        already_queued = self._reloads_requested > self._reloads_covered
+        self._reloads_requested += 1
+        if self._draining:
+            log.info("SIGHUP while stopping: no reload")
+        elif not self._loading_started:
+            log.info("SIGHUP before start-up read the bundle: the start-up load reads it")
+        elif not self.serving:
+            log.info("SIGHUP during start-up: the bundle is read again once serving")
+        elif self._reload_task is None or self._reload_task.done():
+            log.info("SIGHUP: reloading %s", self.config.server.bundle)
+            self._start_reloads()
+        elif already_queued:
+            log.info("SIGHUP: coalesced with the reload already queued")
+        else:
+            log.info("SIGHUP: a reload is running; one more is queued behind it")
+
+    def _start_reloads(self) -> None:
+        self._reload_task = asyncio.get_running_loop().create_task(self._run_requested_reloads())
+
+    async def _run_requested_reloads(self) -> None:
+        while self._reloads_requested > self._reloads_covered and not self._draining:
+            self._reloads_covered = self._reloads_requested  # this reload reads the bundle after all of them
+            await self.reload()
 
     async def reload(self, path: Path | None = None) -> bool:
         """Load a bundle (default: the configured path again) and swap it in; False leaves the old one serving."""
@@ -213,6 +291,8 @@ class Server:
             if not done:
                 await self._grpc.stop(0)
                 await stopping
+        if self._reload_task is not None:  # a reload under way sees `_draining` once its load ends, frees it
+            await asyncio.gather(self._reload_task, return_exceptions=True)
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
             self._metrics_http.server_close()
@@ -290,24 +370,75 @@ def start_server(config: Config, timeout: float = 120.0) -> ServerHandle:
 
 
 async def serve_until_signalled(config: Config) -> int:
-    """Serve until SIGTERM/SIGINT, reloading on SIGHUP; 0 if every admitted request finished."""
-    server = await Server(config).start()
-    loop = asyncio.get_running_loop()
+    """Serve until SIGTERM/SIGINT, reloading on SIGHUP; 0 if every admitted request finished.
+
+    Signals caught before this runs (`edgerec.runtime.process.catch_signals`, from the first instruction
+    of `edgerec serve`) are acted on first; a stop asked for during start-up ends it without serving.
+    """
+    server = Server(config)
     stop = asyncio.Event()
-    reloads: set[asyncio.Task] = set()
 
-    def reload() -> None:
-        task = loop.create_task(server.reload())
-        reloads.add(task)
-        task.add_done_callback(reloads.discard)
+    def on_signal(signum: int) -> None:
+        if signum == signal.SIGHUP:
+            server.request_reload()
+            return
+        if not stop.is_set():
+            log.info("%s: stopping%s", signal.Signals(signum).name, "" if server.serving else " before serving")
+        stop.set()
 
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, reload)
-    await stop.wait()
-    finished = await server.stop()
+    with _signals_to(asyncio.get_running_loop(), on_signal):
+        if stop.is_set():
+            log.info("stopped before serving")
+            return 0
+        starting = asyncio.create_task(server.start())
+        stopping = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if not starting.done():
+                server.abandon_start()  # the load under way cannot be interrupted: it is freed when it ends
+            await starting
+            if not server.serving:
+                log.info("stopped before serving")
+                return 0
+            await stopping
+        finally:
+            stopping.cancel()
+        finished = await server.stop()
     log.info("stopped%s", "" if finished else "; some admitted requests did not finish in time")
     return 0 if finished else 1
+
+
+@contextlib.contextmanager
+def _signals_to(loop: asyncio.AbstractEventLoop, on_signal: Callable[[int], None]) -> Iterator[None]:
+    """Hand the process's SIGTERM, SIGINT and SIGHUP to `on_signal` on `loop` while the block runs.
+
+    Those caught before (`catch_signals`) are handed over first, in order. Python runs signal handlers
+    in the main thread only, so a wake-up socket makes the loop's thread run them at once even when the
+    signal landed on another thread; the process's handlers stay installed afterwards (signals are
+    then only recorded), so none can kill it while it ends.
+    """
+    signals = catch_signals()
+    wake_reader, wake_writer = socket.socketpair()
+    wake_reader.setblocking(False)
+    wake_writer.setblocking(False)
+    previous_fd = signal.set_wakeup_fd(wake_writer.fileno(), warn_on_full_buffer=False)
+    loop.add_reader(wake_reader.fileno(), _drain, wake_reader)
+    try:
+        for signum in signals.attach(lambda signum: loop.call_soon_threadsafe(on_signal, signum)):
+            on_signal(signum)
+        yield
+    finally:
+        signals.attach(None)
+        loop.remove_reader(wake_reader.fileno())
+        signal.set_wakeup_fd(previous_fd)
+        wake_reader.close()
+        wake_writer.close()
+
+
+def _drain(wake_reader: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        while wake_reader.recv(512):
+            pass
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

@@ -15,7 +15,8 @@ Every method of our services passes the same boundary:
   logged with its traceback and reported as INTERNAL without internals; a
   call gRPC cancels is DEADLINE_EXCEEDED if its deadline has passed, else
   CANCELLED (the client went away). Every call is counted by method and
-  final code.
+  final code before its answer is sent, so a client that has its answer
+  finds it counted.
 
 `CallGate`, the server's one interceptor, sees every call before any handler
 runs: it counts the arrival, refuses unknown methods (UNIMPLEMENTED) and, with
@@ -134,9 +135,11 @@ def rpc(method: str) -> Callable[[Handler], Handler]:
     def decorate(handler: Handler) -> Handler:
         @functools.wraps(handler)
         async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
-            metrics: Metrics = self.metrics
             started = time.perf_counter()
-            code = "OK"
+
+            def count(code: str) -> None:  # before the answer goes out: a client that has it finds it counted
+                self.metrics.observe_request(method, code, time.perf_counter() - started)
+
             try:
                 if isinstance(request, Undecodable):
                     raise invalid("request", f"not a valid {request.type_name}: {request.reason}")
@@ -144,7 +147,7 @@ def rpc(method: str) -> Callable[[Handler], Handler]:
                     raise EdgeRecError(
                         ErrorCode.RESOURCE_EXHAUSTED,
                         f"the request is {request.size} bytes, over this server's limit of {request.limit} "
-                        "(max_message_bytes); send fewer candidates per call",
+                        "(max_message_bytes); send fewer candidates or rows per call",
                     )
                 response = await handler(self, request, context)
                 size = response.ByteSize()
@@ -154,19 +157,19 @@ def rpc(method: str) -> Callable[[Handler], Handler]:
                         f"the answer is {size} bytes, over this server's limit of {self.max_response_bytes} "
                         "(max_message_bytes); ask for fewer candidates",
                     )
-                return response
             except EdgeRecError as exc:
-                code = exc.code.name
+                count(exc.code.name)
                 await context.abort(STATUS_FOR[exc.code], short_details(exc.message))
             except asyncio.CancelledError:  # gRPC ended the call: its deadline passed, or the client went away
-                code = cancelled_code(context)
+                count(cancelled_code(context))
                 raise
             except Exception:
-                code = "INTERNAL"
+                count("INTERNAL")
                 log.exception("%s failed unexpectedly", method)
                 await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}; the server log has details")
-            finally:
-                metrics.observe_request(method, code, time.perf_counter() - started)
+            else:
+                count("OK")
+                return response
 
         return wrapper  # type: ignore[return-value]
 
@@ -209,53 +212,72 @@ class CallGate(grpc.aio.ServerInterceptor):
         return _counting(handler, method, self._metrics)
 
 
-def _final_code(context: grpc.aio.ServicerContext, failed: bool) -> str:
-    """The code a call ends with once its behavior has returned (or raised, `failed`)."""
-    code = context.code()
-    if code is None:
-        return "UNKNOWN" if failed else "OK"  # gRPC answers an exception nobody turned into a status UNKNOWN
-    return code.name if isinstance(code, grpc.StatusCode) else grpc.StatusCode(code).name
+class _CountedCall:
+    """A call's context, passed to a behavior `CallGate` counts: the call is counted once, when the
+    behavior aborts it (before the status is sent) or else when the behavior ends."""
+
+    def __init__(self, context: grpc.aio.ServicerContext, method: str, metrics: Metrics) -> None:
+        self._context = context
+        self._method = method
+        self._metrics = metrics
+        self._started = time.perf_counter()
+        self._counted = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+    async def abort(self, code: grpc.StatusCode, *args: Any, **kwargs: Any) -> None:
+        self.count(code.name)
+        await self._context.abort(code, *args, **kwargs)
+
+    def count(self, code: str) -> None:
+        if not self._counted:
+            self._counted = True
+            self._metrics.observe_request(self._method, code, time.perf_counter() - self._started)
+
+    def ended(self, error: BaseException | None) -> None:
+        if isinstance(error, (asyncio.CancelledError, GeneratorExit)):  # gRPC ended the call or closed the stream
+            self.count(cancelled_code(self._context))
+            return
+        code = self._context.code()  # set by the behavior (`set_code`), else OK, or UNKNOWN for an exception
+        if code is None:
+            self.count("UNKNOWN" if error is not None else "OK")
+        else:
+            self.count(code.name if isinstance(code, grpc.StatusCode) else grpc.StatusCode(code).name)
 
 
 def _counting(handler: grpc.RpcMethodHandler, method: str, metrics: Metrics) -> grpc.RpcMethodHandler:
-    """`handler` with its behavior counted in `edgerec_requests_total` when it ends."""
+    """`handler` with its calls counted in `edgerec_requests_total` (`_CountedCall`)."""
     kind, behavior = next(
         (kind, getattr(handler, kind))
         for kind in ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
         if getattr(handler, kind) is not None
     )
 
-    def count(context: grpc.aio.ServicerContext, started: float, error: BaseException | None) -> None:
-        if isinstance(error, (asyncio.CancelledError, GeneratorExit)):  # gRPC ended the call or closed the stream
-            code = cancelled_code(context)
-        else:
-            code = _final_code(context, failed=error is not None)
-        metrics.observe_request(method, code, time.perf_counter() - started)
-
     if inspect.isasyncgenfunction(behavior):
 
         async def counted(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            started, error = time.perf_counter(), None
+            call, error = _CountedCall(context, method, metrics), None
             try:
-                async for response in behavior(request, context):
+                async for response in behavior(request, call):
                     yield response
             except BaseException as exc:
                 error = exc
                 raise
             finally:
-                count(context, started, error)
+                call.ended(error)
 
     else:
 
         async def counted(request: Any, context: grpc.aio.ServicerContext) -> Any:  # type: ignore[misc]
-            started, error = time.perf_counter(), None
+            call, error = _CountedCall(context, method, metrics), None
             try:
-                return await behavior(request, context)
+                return await behavior(request, call)
             except BaseException as exc:
                 error = exc
                 raise
             finally:
-                count(context, started, error)
+                call.ended(error)
 
     factory = getattr(grpc, f"{kind}_rpc_method_handler")
     return factory(

@@ -46,6 +46,9 @@ log = logging.getLogger(__name__)
 Outputs = tuple[np.ndarray, ...]
 
 IN_FLIGHT = 2  # batches handed to the worker thread and not yet completed: one running, the next prepared
+# What a request that fails on its own is told (INTERNAL); the cause, engine text included, is logged.
+MODEL_FAILED = "the model failed on this request; the server log has details"
+PREPARE_FAILED = "the server could not prepare this request for the model; the server log has details"
 
 
 class _Call(Request):
@@ -218,8 +221,15 @@ class Worker:
             try:
                 prepared = self._prepare(batch.segments)
             except Exception:  # a bug in preparing one batch must not stop the worker
-                log.exception("%s: preparing a batch of %d pairs failed", self.name, batch.rows)
-                self._fail_batch(batch)
+                requests = _requests_of(batch)
+                log.exception(
+                    "%s: preparing a batch of %d pairs from requests %s failed%s", self.name, batch.rows,
+                    ", ".join(f"#{r.seq}" for r in requests), "; preparing each alone" if len(requests) > 1 else "",
+                )
+                if len(requests) > 1:
+                    self._run_alone(batch, requests)
+                else:
+                    self._fail_batch(batch, PREPARE_FAILED)
                 continue
             self._in_flight += 1
             self._channel.put((batch, prepared))
@@ -275,7 +285,7 @@ class Worker:
                     "%s: the model failed on request #%d (%d pairs, alone)", self.name, requests[0].seq, batch.rows,
                     exc_info=error,
                 )
-                self._fail_batch(batch)
+                self._fail_batch(batch, MODEL_FAILED)
         elif outputs is None:
             for segment in batch.segments:  # everyone gave up while it waited: it was not run
                 reason = segment.request.drop_reason or "failed"
@@ -325,14 +335,14 @@ class Worker:
                 prepared = self._prepare(segments)
             except Exception:
                 log.exception("%s: preparing request #%d alone failed", self.name, request.seq)
-                self._fail_batch(alone)
+                self._fail_batch(alone, PREPARE_FAILED)
                 continue
             self._in_flight += 1
             self._channel.put((alone, prepared))
 
-    def _fail_batch(self, batch: Batch) -> None:
-        """Fail every request of `batch` with INTERNAL; the details are in the log, not the status."""
-        error = EdgeRecError(ErrorCode.INTERNAL, "the model failed on this request; the server log has details")
+    def _fail_batch(self, batch: Batch, details: str) -> None:
+        """Fail every request of `batch` with INTERNAL `details`; what went wrong is in the log, not the status."""
+        error = EdgeRecError(ErrorCode.INTERNAL, details)
         for segment in batch.segments:
             self._finish(segment.request, error)
         self._release(batch)

@@ -242,7 +242,7 @@ def backend_fault(bundle: Path, workdir: Path, config: ReliabilityConfig, worklo
     checks = [
         Check(
             "a poisoned batch fails with a clear status",
-            one_by_one_poison.refused["INTERNAL"] == rounds and "failed on the batch" in details,
+            one_by_one_poison.refused["INTERNAL"] == rounds and details == "the model failed on this request; the server log has details",
             f"{dict(one_by_one_poison.refused)} of {rounds}; details: {details!r}",
         ),
         Check(

@@ -39,6 +39,7 @@ MANIFEST = "manifest.json"
 FORMAT = "edgerec-bundle/2"
 FORMAT_V1 = "edgerec-bundle/1"
 TOKENIZER = "tokenizer.json"
+VOCAB_SIZE = "vocab_size"  # key of a token model's manifest entry: rows of its token embedding table
 TRT_CACHE = ".trt-cache"  # TensorRT engine cache inside a bundle: built by the export, used by the server
 CATALOG = "catalog.json"
 # Where each precision is meant to run: fp16 needs a GPU, the rest are CPU variants.
