@@ -97,6 +97,8 @@ class BackendConfig:
         "ONNX Runtime's CPU memory arena: a little faster, but it keeps the largest buffer each batch shape "
         "ever needed, so resident memory creeps up for minutes under varied traffic (off: flat memory)",
     )
+    arena_extend_strategy: str = setting("next_power_of_two", "x")
+    arena_shrinkage: bool = setting(False, "x")
     warm_up: bool = setting(True, "run a few batches of each size class before reporting SERVING")
     trt_cache_dir: Path | None = setting(None, "TensorRT engine cache folder; default: <bundle>/.trt-cache")
 
@@ -115,6 +117,8 @@ class BackendConfig:
             inter_op_threads=self.inter_op_threads,
             spin_wait=self.spin_wait,
             cpu_memory_arena=self.cpu_memory_arena,
+            arena_extend_strategy=self.arena_extend_strategy,
+            arena_shrinkage=self.arena_shrinkage,
             trt_cache_dir=Path(self.trt_cache_dir or Path(bundle_root) / TRT_CACHE),
             trt_profile=TensorRTProfile.for_serving(max_batch, max_sequence),
         )

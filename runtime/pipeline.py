@@ -227,8 +227,12 @@ class CrossEncoderPipeline:
             raise invalid(field, f"batch of {rows} rows; between 1 and {self.max_rows} are accepted")
         if not 1 <= width <= self.max_length:
             raise invalid(field, f"sequence of {width} tokens; between 1 and {self.max_length} are accepted")
-        if input_ids.min() < 0 or input_ids.max() >= self.vocab_size:
-            raise invalid(f"{field}.{ids_name}", f"token ids must be in [0, {self.vocab_size}), the ids the model embeds")
+        outside = (input_ids < 0) | (input_ids >= self.vocab_size)
+        if outside.any():
+            row = int(np.flatnonzero(outside.any(axis=1))[0])
+            raise invalid(
+                f"{field}.{ids_name}", f"row {row} has token ids outside [0, {self.vocab_size}), the ids the model embeds"
+            )
         if not np.isin(attention_mask, (0, 1)).all():
             raise invalid(f"{field}.{mask_name}", "values must be 0 or 1")
         if not np.isin(token_type_ids, (0, 1)).all():

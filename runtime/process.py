@@ -64,6 +64,13 @@ class ProcessSignals:
         pending, self._pending = self._pending, []
         return pending
 
+    def ignore(self) -> None:
+        """The process is ending: ignore these signals from now on. (Python gives signals with a Python
+        handler back their default action while it exits, which would let a late one kill the process.)"""
+        self._listener = None
+        for signum in HANDLED_SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)
+
 
 _signals: ProcessSignals | None = None
 

@@ -455,8 +455,11 @@ def run(args: argparse.Namespace) -> int:
         print("edgerec serve: --bundle PATH is required (a bundle folder or .tar.gz)")
         return 2
     logging.basicConfig(level=config.server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    signals = catch_signals()  # installed already by `edgerec serve`; here for any other caller
     try:
         return asyncio.run(serve_until_signalled(config))
     except (EdgeRecError, OSError) as exc:  # a bundle that does not load, a port that is taken, a missing file
         log.error("cannot serve: %s", exc)
         return 1
+    finally:
+        signals.ignore()  # the server is done; a late signal must not turn its exit status into death by signal

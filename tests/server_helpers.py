@@ -106,9 +106,26 @@ def copy_bundle(bundle: Path, target: Path, version: str) -> Path:
     return target
 
 
-def wait_until(condition: Callable[[], bool], timeout: float = 10.0, message: str = "condition") -> None:
+def wait_until(condition: Callable[[], bool], timeout: float = 30.0, message: str = "condition") -> None:
+    """Poll `condition` until it holds; AssertionError after `timeout` s (generous: a loaded machine is slow,
+    and a test that passes only waits as long as the state takes to arrive)."""
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
             raise AssertionError(f"{message} not reached in {timeout} s")
         time.sleep(0.01)
+
+
+def wait_for_value(read: Callable[[], object], expected: object, timeout: float = 30.0, message: str = "value") -> None:
+    """Wait until `read()` == `expected`: for state the server updates on its own threads (counters,
+    gauges), which a test must not read once and assume settled. AssertionError with the last value."""
+    seen: list[object] = []
+
+    def reached() -> bool:
+        seen[:] = [read()]
+        return seen[0] == expected
+
+    try:
+        wait_until(reached, timeout, message)
+    except AssertionError:
+        raise AssertionError(f"{message}: {seen[0]!r} after {timeout} s, expected {expected!r}") from None

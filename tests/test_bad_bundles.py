@@ -29,7 +29,7 @@ from edgerec.proto import grpc_service_pb2 as kserve
 from edgerec.proto import grpc_service_pb2_grpc as kserve_grpc
 from edgerec.proto import recommender_pb2, recommender_pb2_grpc
 from edgerec.runtime.server import start_server
-from server_helpers import featurizer_of, make_config
+from server_helpers import featurizer_of, make_config, wait_for_value
 
 TIMEOUT = 20
 EXTRA_WORD = "zzedgerecword"  # one WordPiece entry appended to the tokenizer: id = the old vocabulary size
@@ -144,11 +144,11 @@ def test_a_request_the_model_fails_on_fails_alone_and_its_status_holds_no_engine
 
         with ThreadPoolExecutor(len(texts)) as pool:
             answers = list(pool.map(score, texts))
-        failures = server.metrics.value("edgerec_batch_failures_total")
+        # the batch of eleven, then the poisoned request alone
+        wait_for_value(lambda: server.metrics.value("edgerec_batch_failures_total"), 2, message="failed batches")
     codes = [code for code, _ in answers]
     assert codes == [grpc.StatusCode.OK] * 4 + [grpc.StatusCode.INTERNAL] + [grpc.StatusCode.OK] * 6, answers
     assert answers[4][1] == "the model failed on this request; the server log has details"
-    assert failures == 2  # the batch of eleven, then the poisoned request alone
     logged = "\n".join(record.getMessage() + (record.exc_text or "") for record in caplog.records)
     assert "running each alone" in logged and "alone" in logged and "Gather" in logged  # the engine's text is logged
 
@@ -164,7 +164,7 @@ def test_a_request_alone_that_fails_is_not_run_twice(tiny_bundle, tmp_path) -> N
         infer_code, infer_details = status_of(
             lambda: kserve_grpc.GRPCInferenceServiceStub(channel).ModelInfer(infer_request(model_name, poison_id), timeout=TIMEOUT)
         )
-        failures = server.metrics.value("edgerec_batch_failures_total")
+        # one run each, no retry of a request that was alone
+        wait_for_value(lambda: server.metrics.value("edgerec_batch_failures_total"), 2, message="failed batches")
     assert (code, details) == (grpc.StatusCode.INTERNAL, "the model failed on this request; the server log has details")
     assert (infer_code, infer_details) == (code, details)
-    assert failures == 2  # one run each, no retry of a request that was alone

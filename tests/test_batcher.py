@@ -197,7 +197,7 @@ def test_too_many_requests_in_the_queue_are_refused():
         backend.gate.clear()
         batcher = await started(config(max_queue_requests=2), backend)
         held = [asyncio.create_task(batcher.submit(np.array([1.0]), np.array([8]))) for _ in range(2)]
-        await asyncio.sleep(0)
+        await eventually(lambda: batcher.admitted_requests == 2)
         with pytest.raises(EdgeRecError) as refused:
             await batcher.submit(np.array([1.0]), np.array([8]))
         backend.gate.set()
@@ -316,13 +316,15 @@ def test_a_batch_that_cannot_be_prepared_fails_only_its_requests():
 def test_drain_finishes_admitted_work_and_refuses_new_requests():
     async def main():
         backend = FakeBackend()
+        backend.gate.clear()  # nothing is answered before the drain begins
         batcher = await started(config(max_batch_size=2, max_queue_delay_ms=5_000), backend)
         admitted = [asyncio.create_task(batcher.submit(np.array([float(i)]), np.array([8]))) for i in range(5)]
-        await asyncio.sleep(0)
+        await eventually(lambda: batcher.admitted_requests == 5)
         drained = asyncio.create_task(batcher.drain(timeout=5))
-        await asyncio.sleep(0)
+        await eventually(lambda: not batcher.accepting)
         with pytest.raises(EdgeRecError) as refused:
             await batcher.submit(np.array([1.0]), np.array([8]))
+        backend.gate.set()
         results = await asyncio.gather(*admitted)
         return refused.value, results, await drained
 

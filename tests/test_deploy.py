@@ -47,10 +47,18 @@ TRAINING_OR_CUDA = re.compile(r"^(torch|torchvision|transformers|optimum|tensorr
 FAST_RECONNECT = [("grpc.initial_reconnect_backoff_ms", 50), ("grpc.max_reconnect_backoff_ms", 100)]
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+def bound_port(process: subprocess.Popen, port_file: Path, log: Path, timeout: float = 120.0) -> int:
+    """The gRPC port a server started with `--grpc-port 0 --port-file <port_file>` bound, once it serves.
+
+    Port 0 lets the server pick a free port as it binds: a port chosen here and bound later could be
+    taken by another process in between.
+    """
+    deadline = time.monotonic() + timeout
+    while not port_file.exists():  # written atomically once the server serves
+        assert process.poll() is None, f"server exited with {process.returncode}:\n{log.read_text()}"
+        assert time.monotonic() < deadline, f"no port file after {timeout} s:\n{log.read_text()}"
+        time.sleep(0.05)
+    return json.loads(port_file.read_text())["grpc_port"]
 
 
 def wait_for_serving(process: subprocess.Popen, target: str, log: Path, timeout: float = 120.0) -> None:
@@ -125,13 +133,13 @@ def test_runtime_only_install_serves_a_bundle_archive_without_torch(tiny_bundle,
         where = run([python, "-c", "import edgerec.runtime.server as s; print(s.__file__)"], 60, env=env, cwd=tmp_path)
         assert where.stdout.strip().startswith(str(venv)), where  # a real install, not the working tree
 
-        port = free_port()
-        log = tmp_path / "serve.log"
+        log, port_file = tmp_path / "serve.log", tmp_path / "serve-ports.json"
         command = [edgerec, "serve", "--bundle", tiny_bundle_archive, "--host", "127.0.0.1",
-                   "--grpc-port", port, "--metrics-port", "-1"]
+                   "--grpc-port", 0, "--metrics-port", "-1", "--port-file", port_file]
         with open(log, "w") as out:
             process = subprocess.Popen([str(c) for c in command], stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
         try:
+            port = bound_port(process, port_file, log)
             wait_for_serving(process, f"127.0.0.1:{port}", log)
             ids = catalog_ids(tiny_bundle)
             request = score_request([ids[0], ids[7], ("", "RED ENAMEL TEAPOT WITH LID")], context=[ids[3], (ids[5], "", 2)])
@@ -270,12 +278,13 @@ def test_entrypoint_runs_another_command_when_asked(tmp_path):
 
 
 def test_entrypoint_becomes_the_server_on_loopback_and_stops_gracefully(tiny_bundle_archive, tmp_path):
-    port = free_port()
-    log = tmp_path / "entrypoint.log"
-    env = clean_env(EDGEREC_BUNDLE=str(tiny_bundle_archive), EDGEREC_GRPC_PORT=str(port))
+    log, port_file = tmp_path / "entrypoint.log", tmp_path / "entrypoint-ports.json"
+    env = clean_env(EDGEREC_BUNDLE=str(tiny_bundle_archive), EDGEREC_GRPC_PORT="0")
     with open(log, "w") as out:
-        process = entrypoint(env, "--metrics-port", "-1", "--max-batch-size", "4", stdout=out, stderr=subprocess.STDOUT)
+        process = entrypoint(env, "--metrics-port", "-1", "--max-batch-size", "4", "--port-file", str(port_file),
+                             stdout=out, stderr=subprocess.STDOUT)
     try:
+        port = bound_port(process, port_file, log)
         wait_for_serving(process, f"127.0.0.1:{port}", log)
         command = Path(f"/proc/{process.pid}/cmdline").read_bytes().split(b"\0")
         # exec: the shell's pid is now the server's (so it gets docker's SIGTERM), with the bundle and extra flags.
@@ -298,7 +307,10 @@ def test_healthcheck_passes_on_a_serving_server_and_fails_without_one(tiny_bundl
         by_flag = healthcheck("--address", handle.target, "--service", "edgerec.v1.Recommender")
     assert by_env.returncode == 0 and "SERVING" in by_env.stdout, by_env
     assert by_flag.returncode == 0, by_flag
-    gone = healthcheck("--address", handle.target, "--timeout", "1")
+    # No server: a port held bound and never listening (the stopped server's port could be reused by now).
+    with socket.socket() as nobody:
+        nobody.bind(("127.0.0.1", 0))
+        gone = healthcheck("--address", f"127.0.0.1:{nobody.getsockname()[1]}", "--timeout", "1")
     assert gone.returncode == 1 and "unhealthy" in gone.stderr
 
 

@@ -4,11 +4,14 @@ Score, Rank and ModelInfer messages (random and huge lists, empty and
 enormous strings, odd Unicode, absurd numbers, wrong dtypes and shapes) and
 raw bytes: the only acceptable answers are OK, INVALID_ARGUMENT and
 RESOURCE_EXHAUSTED (and NOT_FOUND for a ModelInfer naming a model this
-server does not serve), and the server must answer a health check after
-every case. The cases are the ones `edgerec reliability` sends
+server does not serve), an OK ModelInfer answer carries its outputs in
+raw_output_contents, well-formed ModelInfer rows (built by the bundle's
+featurizer) are always answered, and the server must answer a health check
+after every case. The cases are the ones `edgerec reliability` sends
 (`edgerec.benchmarks.reliability.hostile`), their choices drawn here from
-hypothesis strategies instead of a seeded generator. The last tests pin
-down the findings the fuzzer made.
+hypothesis strategies instead of a seeded generator. Then the inputs with a
+known answer (issue 11's kinds), each judged on its answer, and the
+findings the fuzzer made, pinned down.
 """
 
 from __future__ import annotations
@@ -17,12 +20,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from edgerec.benchmarks.harness.server import ServerUnderTest
 from edgerec.benchmarks.reliability import hostile
+from edgerec.core.errors import EdgeRecError, ErrorCode
+from edgerec.runtime.config import ServerConfig
+from edgerec.runtime.pipeline import CrossEncoderPipeline
 from edgerec.proto import recommender_pb2
 
 # Bounded in time: a fixed number of cases and no shrinking (shrinking megabyte messages against a live
@@ -73,45 +80,85 @@ def client(tiny_bundle: Path, facts: hostile.ModelFacts):
         assert server.alive(), server.log()[-3000:]
 
 
-def _check(client: hostile.HostileClient, method: str, message: object) -> None:
-    code, details, healthy = client.check(method, message)
-    assert code in hostile.ALLOWED, f"{method} answered {code}: {details[:500]}\nfor {hostile.describe(message)}"
-    assert healthy, f"no healthy answer after {method} {hostile.describe(message)}"
+def _check(client: hostile.HostileClient, facts: hostile.ModelFacts, kind: str, data: st.DataObject) -> None:
+    """One case of `kind` (`hostile.cases`), its choices drawn by hypothesis: an answer the kind allows, then health."""
+    case = hostile.cases(facts)[kind]
+    method, message = case.build(HypothesisSource(data))
+    answer = client.check(method, message)
+    allowed, why = hostile.judge(case, method, message, answer)
+    assert allowed, f"{why}\nfor {hostile.describe(message)}"
+    assert answer.healthy, f"no healthy answer after {method} {hostile.describe(message)}"
 
 
 @FUZZ
 @given(data=st.data())
 def test_hostile_score_requests(client, facts, data) -> None:
-    _check(client, "Score", hostile.score_request(HypothesisSource(data), facts.item_ids))
+    _check(client, facts, "Score", data)
 
 
 @FUZZ
 @given(data=st.data())
 def test_hostile_rank_requests(client, facts, data) -> None:
-    _check(client, "Rank", hostile.rank_request(HypothesisSource(data), facts.item_ids))
+    _check(client, facts, "Rank", data)
 
 
 @FUZZ
 @given(data=st.data())
 def test_hostile_model_infer_requests(client, facts, data) -> None:
-    request = hostile.infer_request(HypothesisSource(data), facts.model_name, facts.vocab_size, facts.max_length)
-    _check(client, "ModelInfer", request)
+    """Any answer allowed; an OK one carries every output asked for in raw_output_contents."""
+    _check(client, facts, "ModelInfer", data)
 
 
 @FUZZ
-@given(method=st.sampled_from(sorted(hostile.METHODS)), data=st.data())
-def test_raw_bytes_to_every_method(client, method, data) -> None:
-    _check(client, method, hostile.raw_message(HypothesisSource(data)))
+@given(data=st.data())
+def test_well_formed_model_infer_rows_are_always_answered_in_raw_outputs(client, facts, data) -> None:
+    """Rows built by the bundle's featurizer (catalog items, `build_pairs`, `pack`, padded with [PAD]), raw or
+    typed, under any name and version the model answers to ("" and "1" included): OK, outputs in raw form."""
+    _check(client, facts, "ModelInfer, well-formed rows", data)
 
 
-def test_the_seeded_cases_are_repeatable_and_vary_with_the_seed() -> None:
+@FUZZ
+@given(data=st.data())
+def test_raw_bytes_to_every_method(client, facts, data) -> None:
+    _check(client, facts, "raw bytes", data)
+
+
+@FUZZ
+@given(regime=st.sampled_from(hostile.REGIMES), seed=st.integers(0, 2**32 - 1), data=st.data())
+def test_well_formed_rows_pass_the_servers_checks_and_each_broken_regime_fails_them(facts, regime, seed, data) -> None:
+    """`model_rows` builds rows the server's ModelInfer checks accept (no server needed: the pipeline's
+    validation alone); every regime but "valid" breaks them so that they are refused."""
+    pipeline = CrossEncoderPipeline(facts.featurizer, None, ServerConfig(), facts.model_name, facts.model_version, facts.vocab_size)
+    rows = hostile.model_rows(HypothesisSource(data), facts)
+    assert rows[0].shape[1] <= facts.max_length
+    hostile.break_rows(regime, rows, facts.vocab_size, np.random.default_rng(seed))
+    tensors = dict(zip(hostile.INPUT_NAMES, rows))
+    if regime == "valid":
+        pipeline.token_rows(tensors)
+    else:
+        with pytest.raises(EdgeRecError) as refused:
+            pipeline.token_rows(tensors)
+        assert refused.value.code is ErrorCode.INVALID_ARGUMENT
+
+
+def test_the_seeded_cases_are_repeatable_and_vary_with_the_seed(facts) -> None:
     """`edgerec reliability` draws its cases from a seed: the same seed, the same bytes; another seed, others."""
-    facts = hostile.ModelFacts("m", "1", vocab_size=1000, max_length=64, item_ids=["a", "b", "c"])
-    for kind, case in hostile.cases(facts).items():
-        first, again = case(hostile.SeededSource(f"7:{kind}")), case(hostile.SeededSource(f"7:{kind}"))
-        assert first[0] == again[0] and _wire(first[1]) == _wire(again[1]), kind
-        source = hostile.SeededSource(f"8:{kind}")
-        assert len({_wire(case(source)[1]) for _ in range(20)}) > 1, kind
+    for name, kind in hostile.cases(facts).items():
+        first, again = kind.build(hostile.SeededSource(f"7:{name}")), kind.build(hostile.SeededSource(f"7:{name}"))
+        assert first[0] == again[0] and _wire(first[1]) == _wire(again[1]), name
+        source = hostile.SeededSource(f"8:{name}")
+        assert len({_wire(kind.build(source)[1]) for _ in range(20)}) > 1, name
+
+
+def test_the_seeded_model_infer_cases_reach_the_model(facts) -> None:
+    """Before issue 11's row layout every "valid" row was random ids, refused: no seeded ModelInfer was scored."""
+    source = hostile.SeededSource("0:ModelInfer, well-formed rows")
+    for _ in range(20):
+        request = hostile.valid_infer_request(source, facts)
+        rows = [np.frombuffer(raw, "<i8").reshape(request.inputs[0].shape) for raw in request.raw_input_contents] or [
+            np.array(tensor.contents.int64_contents).reshape(tensor.shape) for tensor in request.inputs
+        ]
+        assert facts.featurizer.layout_errors(*rows) is None
 
 
 def test_the_reliability_command_does_not_import_hypothesis() -> None:
@@ -128,20 +175,77 @@ def _wire(message: object) -> bytes:
 @pytest.mark.parametrize("method", sorted(hostile.METHODS))
 def test_bytes_that_are_no_protobuf_get_invalid_argument(client, method) -> None:
     """Found by the fuzzer: grpc answers UNKNOWN when the request cannot be parsed."""
-    code, details, healthy = client.check(method, b"\xff\xff\xff\xff\x01 not a protobuf message")
-    assert (code, healthy) == ("INVALID_ARGUMENT", True), details
+    answer = client.check(method, b"\xff\xff\xff\xff\x01 not a protobuf message")
+    assert (answer.code, answer.healthy) == ("INVALID_ARGUMENT", True), answer.details
 
 
 def test_invalid_utf8_in_a_string_field_gets_invalid_argument(client) -> None:
     """Found by the fuzzer: a candidate whose item_id is not UTF-8 cannot be parsed (proto3 strings must be)."""
-    code, details, healthy = client.check("Score", hostile.bad_utf8_candidate(b"\xfe"))
-    assert (code, healthy) == ("INVALID_ARGUMENT", True), details
+    answer = client.check("Score", hostile.bad_utf8_candidate(b"\xfe"))
+    assert (answer.code, answer.healthy) == ("INVALID_ARGUMENT", True), answer.details
 
 
 def test_an_enormous_unknown_item_id_gets_a_short_invalid_argument(client) -> None:
     """Found by the fuzzer: the error message echoed a 20 kB item id, more status details than a client
     accepts (8 KiB of metadata by default), so the client saw RESOURCE_EXHAUSTED instead of the server's answer."""
     request = recommender_pb2.ScoreRequest(candidates=[recommender_pb2.Candidate(item_id="x" * 20_000)])
-    code, details, healthy = client.check("Score", request)
-    assert code == "INVALID_ARGUMENT" and healthy, f"{code}: {details[:300]}"
-    assert "candidates[0]" in details and len(details) <= 2048
+    answer = client.check("Score", request)
+    assert answer.code == "INVALID_ARGUMENT" and answer.healthy, f"{answer.code}: {answer.details[:300]}"
+    assert "candidates[0]" in answer.details and len(answer.details) <= 2048
+
+
+# -- inputs with a known answer (issue 11) -------------------------------------------------------------
+def _run(client: hostile.HostileClient, known: hostile.KnownAnswer) -> hostile.Outcome:
+    """Run one known answer, each of its calls followed by a health check."""
+    tally, unhealthy, [outcome] = hostile.check_known_answers(client, [known])
+    assert unhealthy == 0 and tally.lost == 0, tally.summary()
+    return outcome
+
+
+@pytest.mark.parametrize("kind", list(hostile.BROKEN_ROWS))
+def test_a_model_infer_row_the_model_cannot_score_is_refused_naming_the_row(client, facts, kind) -> None:
+    """No candidate segment, a masked candidate, [SEP]/[CLS] out of place, an id past the model's vocabulary."""
+    _, field = hostile.BROKEN_ROWS[kind]
+    assert facts.featurizer.layout_errors(*hostile.reference_rows(facts)) is None  # only the breaking breaks the row
+    outcome = _run(client, hostile.broken_row(facts, kind))
+    assert outcome.passed, outcome.got
+    assert outcome.got.startswith(f"INVALID_ARGUMENT: inputs.{field}: row {hostile.BROKEN_ROW} ")
+
+
+@pytest.mark.parametrize("kind", list(hostile.UNREADABLE))
+def test_free_text_the_model_cannot_read_is_refused_naming_the_item(client, kind) -> None:
+    outcome = _run(client, hostile.unreadable_text(kind))
+    assert outcome.passed, outcome.got
+    assert "INVALID_ARGUMENT: candidates[1]: " in outcome.got and "INVALID_ARGUMENT: context[0]: " in outcome.got
+
+
+def test_text_of_special_token_strings_is_scored_as_plain_text(client) -> None:
+    """'[SEP] [CLS]' as a candidate and a context item scores exactly as '[ SEP ] [ CLS ]'."""
+    outcome = _run(client, hostile.special_token_text())
+    assert outcome.passed and outcome.got.startswith("OK, probabilities ["), outcome.got
+
+
+def test_a_typed_model_infer_is_answered_in_raw_outputs(client, facts) -> None:
+    outcome = _run(client, hostile.typed_answered_raw(facts))
+    assert outcome.passed, outcome.got
+
+
+def test_model_version_1_answers(client, facts) -> None:
+    outcome = _run(client, hostile.version_1(facts))
+    assert outcome.passed and outcome.got == f"OK from version {facts.model_version!r}", outcome.got
+
+
+def test_batch_mates_are_measured_and_held_to_the_bound_when_one_is_set(client, facts) -> None:
+    """The same candidate alone and among 79 batch-mates (default variant): the difference is measured; with no
+    bound it is only reported, with bound 0 the case passes exactly when the scores are bit-identical."""
+    recorded = _run(client, hostile.batch_mates(facts, None))
+    worst = recorded.figures["max_diff"]
+    assert recorded.passed and 0 <= worst < 0.05 and "recorded, not enforced" in recorded.got, recorded.got
+    assert worst == max(recorded.figures["score_max_diff"], recorded.figures["model_infer_diff"])
+    strict = _run(client, hostile.batch_mates(facts, 0.0))
+    assert strict.passed == (strict.figures["max_diff"] == 0.0), strict.got
+
+
+def test_the_scenario_sends_every_known_answer(facts) -> None:
+    kinds = [known.kind for known in hostile.known_answers(facts, None)]
+    assert len(kinds) == len(set(kinds)) == len(hostile.BROKEN_ROWS) + len(hostile.UNREADABLE) + 4

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from edgerec.benchmarks.reliability import hostile
 from edgerec.benchmarks.reliability.report import render_report
 from edgerec.cli import main
 
@@ -57,6 +58,52 @@ def test_the_report_shows_a_failed_scenario_its_lost_requests_and_why() -> None:
     assert "| overload | 3x capacity for 30 s | 10 | 5 | RESOURCE_EXHAUSTED 3 | 2 | 12 | 300 | **FAILED** |" in report
     assert "Lost requests, all scenarios: **2**" in report
     assert "❌ **no INTERNAL**: codes other than OK/RESOURCE_EXHAUSTED: {'INTERNAL': 2}" in report
+
+
+def test_the_hostile_scenario_judges_every_known_answer_and_reports_it(tiny_bundle: Path, tmp_path: Path) -> None:
+    """`--scenarios hostile` on the tiny bundle: seeded cases of every kind (well-formed ModelInfer rows all
+    answered), then issue 11's inputs with a known answer, each a check and a row of the report."""
+    out = tmp_path / "reliability"
+    code = main([
+        "reliability", "--quick", "--bundle", str(tiny_bundle), "--output-dir", str(out), "--scenarios", "hostile",
+        "--fuzz-examples", "10",
+    ])  # fmt: skip
+    results = json.loads((out / "results.json").read_text())
+    [scenario] = results["scenarios"]
+    failed = [check for check in scenario["checks"] if not check["passed"]]
+    assert code == 0 and not failed, json.dumps(failed, indent=1)[:4000]
+    figures = scenario["figures"]
+    wells = figures["kinds"]["ModelInfer, well-formed rows"]
+    assert wells["sent"] == wells["answered"] == 10  # rows built by the featurizer reach the model
+    expected = [known.kind for known in hostile.known_answers(hostile.ModelFacts.of(tiny_bundle), None)]
+    assert sorted(figures["known_answers"]) == sorted(expected)  # results.json sorts keys
+    assert figures["known_answers"][expected[-1]]["max_diff"] >= 0  # batch-mates: measured, reported
+    assert figures["sent"] == sum(kind["sent"] for kind in figures["kinds"].values()) and figures["lost"] == 0
+    report = (out / "REPORT.md").read_text()
+    assert "| input with a known answer | expected | got | verdict |" in report
+    assert all(f"| {kind} | " in report for kind in expected)
+
+
+def test_the_report_shows_each_known_answer_of_the_hostile_scenario_on_one_row() -> None:
+    kinds = {"ModelInfer": {"sent": 3, "answered": 1, "refused": {"INVALID_ARGUMENT": 2}, "lost": 0, "lost_by_code": {},
+                            "failed_health_checks": 0}}  # fmt: skip
+    known = {
+        "ModelInfer: a row without a candidate segment": {
+            "expected": 'INVALID_ARGUMENT "inputs.token_type_ids: row 2 ..."', "passed": False,
+            "got": "OK, p | q\nsecond line " + "x" * 300,
+        },
+        "Score: free text '[SEP] [CLS]'": {"expected": "OK", "got": "OK", "passed": True},
+    }  # fmt: skip
+    scenario = {"name": "hostile", "shows": "cases", "passed": False, "seconds": 1.0, "checks": [],
+                "figures": {"sent": 3, "answered": 1, "refused": {}, "lost": 0, "kinds": kinds, "known_answers": known}}  # fmt: skip
+    results = {
+        "model": {"name": "m", "version": "1"}, "date": "today", "machine": {"cpus": 2, "platform": "linux"},
+        "seconds": 1.0, "bundle": "b", "settings": {}, "scenarios": [scenario],
+    }  # fmt: skip
+    lines = render_report(results).splitlines()
+    [row] = [line for line in lines if line.startswith("| ModelInfer: a row without a candidate segment |")]
+    assert "OK, p \\| q second line x" in row and row.endswith("… | **FAILED** |") and len(row) < 400
+    assert "| Score: free text '[SEP] [CLS]' | OK | OK | passed |" in lines
 
 
 def test_an_unknown_scenario_is_refused(tiny_bundle: Path, tmp_path: Path, capsys) -> None:

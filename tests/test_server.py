@@ -25,6 +25,7 @@ from server_helpers import (
     make_config,
     score_request,
     varied_requests,
+    wait_for_value,
     wait_until,
 )
 
@@ -194,7 +195,10 @@ def test_an_answer_over_the_message_limit_is_resource_exhausted_and_counted(tiny
             request.k = 2
             assert len(stub.Rank(request, timeout=TIMEOUT).ranked) == 2
         assert code is grpc.StatusCode.RESOURCE_EXHAUSTED and "max_message_bytes" in details
-        assert handle.metrics.value("edgerec_requests_total", method="Rank", code="RESOURCE_EXHAUSTED") == 1
+        wait_for_value(
+            lambda: handle.metrics.value("edgerec_requests_total", method="Rank", code="RESOURCE_EXHAUSTED"), 1,
+            message="Rank calls counted RESOURCE_EXHAUSTED",
+        )
 
 
 # -- KServe v2 ------------------------------------------------------------------------------------
@@ -440,8 +444,9 @@ def test_a_cancelled_request_is_dropped_before_compute(slow_server, ids):
         wait_until(lambda: slow_server.metrics.value("edgerec_queue_depth_pairs") == 5, message="5 pairs queued")
         call.cancel()
         metrics = slow_server.metrics
-        wait_until(lambda: metrics.value("edgerec_dropped_pairs_total", reason="cancelled") == 5, message="dropped")
-        assert metrics.value("edgerec_queue_depth_pairs") == 0
+        # the server counts the drop, then publishes the queue gauge: wait for both, not the first one alone
+        wait_until(lambda: metrics.value("edgerec_dropped_pairs_total", reason="cancelled") == 5
+                   and metrics.value("edgerec_queue_depth_pairs") == 0, message="5 pairs dropped and the queue empty")
         assert metrics.value("edgerec_pairs_scored_total") == 0
 
 
@@ -453,19 +458,25 @@ def test_serves_a_tar_gz_bundle(tiny_bundle_archive, ids):
     assert len(reply.purchase_probability) == 3 and reply.model_name == "tiny"
 
 
-def _hammer(target, request, stop_after):
-    """Send `request` from 4 threads until `stop_after()` is true; return every status code seen and the versions."""
+def _hammer(target, request, stop: threading.Event):
+    """A client sending `request` until `stop` is set (or it fails); the status codes seen and the versions.
+
+    Run it in a pool and call each future's `result()`: an error in a client thread is the test's error.
+    """
     codes, versions = [], set()
 
     def client():
-        with grpc.insecure_channel(target) as channel:
-            stub = recommender_pb2_grpc.RecommenderStub(channel)
-            while not stop_after():
-                try:
-                    versions.add(stub.Score(request, timeout=TIMEOUT).model_version)
-                    codes.append(grpc.StatusCode.OK)
-                except grpc.RpcError as error:
-                    codes.append(error.code())
+        try:
+            with grpc.insecure_channel(target) as channel:
+                stub = recommender_pb2_grpc.RecommenderStub(channel)
+                while not stop.is_set():
+                    try:
+                        versions.add(stub.Score(request, timeout=TIMEOUT).model_version)
+                        codes.append(grpc.StatusCode.OK)
+                    except grpc.RpcError as error:
+                        codes.append(error.code())
+        finally:
+            stop.set()  # a client that dies stops the others, so the test fails at once instead of waiting
 
     return client, codes, versions
 
@@ -473,16 +484,19 @@ def _hammer(target, request, stop_after):
 def test_hot_reload_swaps_versions_without_dropping_requests(tiny_bundle, tmp_path, ids):
     new_bundle = copy_bundle(tiny_bundle, tmp_path / "tiny-v2", "v2")
     with start_server(make_config(tiny_bundle, max_queue_delay_ms=1)) as handle:
-        done = []
-        client, codes, versions = _hammer(handle.target, score_request(ids[:6], ids[10:13]), lambda: bool(done))
+        stop = threading.Event()
+        client, codes, versions = _hammer(handle.target, score_request(ids[:6], ids[10:13]), stop)
         with ThreadPoolExecutor(4) as pool:
-            for _ in range(4):
-                pool.submit(client)
-            wait_until(lambda: len(codes) > 20, message="load running")
-            assert handle.reload(new_bundle)
-            seen = len(codes)
-            wait_until(lambda: len(codes) > seen + 20, message="load after reload")
-            done.append(True)
+            clients = [pool.submit(client) for _ in range(4)]
+            try:
+                wait_until(lambda: len(codes) > 20 or stop.is_set(), message="load running")
+                assert handle.reload(new_bundle)
+                seen = len(codes)
+                wait_until(lambda: len(codes) > seen + 20 or stop.is_set(), message="load after reload")
+            finally:
+                stop.set()
+            for future in clients:
+                future.result()  # raises what a client thread raised
         assert set(codes) == {grpc.StatusCode.OK}
         assert versions == {"test", "v2"}
         assert handle.metrics.value("edgerec_bundle_reloads_total", result="ok") == 1
@@ -508,12 +522,14 @@ def test_shutdown_tells_health_watchers_not_serving_and_does_not_wait_on_their_s
     channel = grpc.insecure_channel(handle.target)
     watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""), timeout=TIMEOUT)
     assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
-    stopper = threading.Thread(target=handle.stop)
-    stopper.start()
-    assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
-    stopper.join(30)  # an open Watch stream must not hold shutdown for the 120 s drain timeout
-    assert not stopper.is_alive()
-    channel.close()
+    with ThreadPoolExecutor(1) as pool:
+        stopping = pool.submit(handle.stop)
+        try:
+            assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
+            # an open Watch stream must not hold shutdown for the 120 s drain timeout; stop's errors are raised here
+            stopping.result(timeout=60)
+        finally:
+            channel.close()
 
 
 def test_a_port_already_in_use_is_a_clear_error(server, tiny_bundle):

@@ -9,6 +9,7 @@ import sys
 import textwrap
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import numpy as np
@@ -26,7 +27,7 @@ def test_sigterm_during_load_finishes_every_admitted_request_and_exits_0(tiny_bu
     # Batching off: each request costs 64 engine runs, so requests are queued when SIGTERM arrives.
     args = ["--bundle", str(tiny_bundle), "--grpc-port", "0", "--metrics-port", "-1", "--max-batch-size", "1"]
     with ServerProcess(args) as server:
-        results: list[tuple[float, float, grpc.StatusCode]] = []
+        results: list[tuple[float, float, grpc.StatusCode, int]] = []  # (started, ended, code, scores in the answer)
         stop = threading.Event()
 
         def client() -> None:
@@ -35,34 +36,37 @@ def test_sigterm_during_load_finishes_every_admitted_request_and_exits_0(tiny_bu
                 while not stop.is_set():
                     started = time.monotonic()
                     try:
-                        reply = stub.Score(request, timeout=30)
-                        assert len(reply.purchase_probability) == 64
+                        scores = len(stub.Score(request, timeout=30).purchase_probability)
                         code = grpc.StatusCode.OK
                     except grpc.RpcError as error:
-                        code = error.code()
-                        time.sleep(0.05)
-                    results.append((started, time.monotonic(), code))
+                        code, scores = error.code(), 0
+                        stop.wait(0.05)  # refused: no busy loop against a server that is gone
+                    results.append((started, time.monotonic(), code, scores))
 
-        clients = [threading.Thread(target=client) for _ in range(6)]
-        for thread in clients:
-            thread.start()
-        while sum(code is grpc.StatusCode.OK for _, _, code in results) < 6:
-            time.sleep(0.01)
-        sigterm_at = time.monotonic()
-        exit_code = server.terminate(timeout=60)
-        time.sleep(0.2)
-        stop.set()
-        for thread in clients:
-            thread.join(30)
+        with ThreadPoolExecutor(6) as pool:
+            clients = [pool.submit(client) for _ in range(6)]
+            try:
+                wait_until(
+                    lambda: sum(code is grpc.StatusCode.OK for _, _, code, _ in results) >= 6
+                    or any(c.done() for c in clients),
+                    timeout=120, message="6 answers under load",
+                )
+                sigterm_at = time.monotonic()
+                exit_code = server.terminate(timeout=60)
+            finally:
+                stop.set()  # each client records the call it has in flight, then ends
+            for future in clients:
+                future.result(timeout=60)  # what a client thread raised is raised here
         log = server.log()
 
     assert exit_code == 0, log
-    codes = {code for _, _, code in results}
+    codes = {code for _, _, code, _ in results}
     # OK: answered. UNAVAILABLE: refused (no longer accepting). CANCELLED: gRPC had received the call but
     # not yet handed it to the server's code when it stopped accepting: never admitted either.
     assert codes <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}, codes
     admitted = int(re.search(r"finishing (\d+) admitted request", log).group(1))
-    answered_after_sigterm = sum(code is grpc.StatusCode.OK for _, ended, code in results if ended > sigterm_at)
+    assert all(scores == 64 for _, _, code, scores in results if code is grpc.StatusCode.OK), results
+    answered_after_sigterm = sum(code is grpc.StatusCode.OK for _, ended, code, _ in results if ended > sigterm_at)
     assert admitted >= 1, log  # requests were queued when SIGTERM came
     assert answered_after_sigterm >= admitted, (admitted, results)  # every one of them was answered
     assert "stopped" in log and "did not finish" not in log

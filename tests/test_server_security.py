@@ -14,7 +14,7 @@ from edgerec.proto import grpc_service_pb2 as kserve
 from edgerec.proto import grpc_service_pb2_grpc as kserve_grpc
 from edgerec.proto import recommender_pb2_grpc
 from edgerec.runtime.server import start_server
-from server_helpers import catalog_ids, make_config, score_request
+from server_helpers import catalog_ids, make_config, score_request, wait_for_value
 
 TIMEOUT = 20
 
@@ -47,7 +47,10 @@ def test_calls_without_a_valid_token_are_unauthenticated(token_server, tiny_bund
         assert status_of(lambda: recommender.Score(request, metadata=not_bearer, timeout=TIMEOUT)) is grpc.StatusCode.UNAUTHENTICATED
         live = kserve.ServerLiveRequest()
         assert status_of(lambda: inference.ServerLive(live, timeout=TIMEOUT)) is grpc.StatusCode.UNAUTHENTICATED
-    assert token_server.metrics.value("edgerec_requests_total", method="Score", code="UNAUTHENTICATED") == 3
+    wait_for_value(
+        lambda: token_server.metrics.value("edgerec_requests_total", method="Score", code="UNAUTHENTICATED"), 3,
+        message="Score calls counted UNAUTHENTICATED",
+    )
 
 
 def test_calls_with_an_accepted_token_are_served(token_server, tiny_bundle):
@@ -109,7 +112,7 @@ def _secure_channel(target: str, certs: Path, with_client_cert: bool) -> grpc.Ch
 
 def _score(channel: grpc.Channel, tiny_bundle: Path):
     stub = recommender_pb2_grpc.RecommenderStub(channel)
-    return stub.Score(score_request(catalog_ids(tiny_bundle)[:2]), timeout=5)
+    return stub.Score(score_request(catalog_ids(tiny_bundle)[:2]), timeout=TIMEOUT)  # a TLS handshake on a loaded box
 
 
 def test_tls_serves_clients_that_trust_the_ca_and_refuses_plaintext(tiny_bundle, certs):

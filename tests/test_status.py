@@ -107,3 +107,37 @@ def test_an_answer_larger_than_the_server_may_send_is_resource_exhausted():
     service, context, _ = call(None, reply=big)
     assert context.status[0] is grpc.StatusCode.RESOURCE_EXHAUSTED and "max_message_bytes" in context.status[1]
     assert service.metrics.value("edgerec_requests_total", method="Score", code="RESOURCE_EXHAUSTED") == 1
+
+
+class WitnessContext(FakeContext):
+    """A context whose `abort` (which sends the status to the client) notes what the metrics said right then."""
+
+    def __init__(self, metrics: Metrics):
+        super().__init__()
+        self.metrics = metrics
+        self.counted_when_sent = None
+
+    async def abort(self, code, details):
+        self.counted_when_sent = self.metrics.value("edgerec_requests_total", method="Score", code=code.name)
+        await super().abort(code, details)
+
+
+@pytest.mark.parametrize(
+    "failure, reply",
+    [
+        (invalid("candidates[0]", "text is blank"), None),
+        (EdgeRecError(ErrorCode.RESOURCE_EXHAUSTED, "overloaded"), None),
+        (KeyError("unexpected"), None),
+        (None, recommender_pb2.ScoreResponse(purchase_probability=[0.5] * 100)),  # an answer too large to send
+    ],
+    ids=["invalid", "refused", "internal", "answer-too-large"],
+)
+def test_a_refused_call_is_counted_before_its_status_goes_out(failure, reply):
+    """gRPC's `abort` sends the status before it returns: a call counted after it (as in a `finally`) is
+    still uncounted when its client already holds the status, and a client reading the metrics then
+    finds it missing (issue 11, item 9: `{'RESOURCE_EXHAUSTED': 2}` read where 3 calls had been refused)."""
+    service = Service(failure, reply)
+    context = WitnessContext(service.metrics)
+    with pytest.raises(Aborted):
+        asyncio.run(service.Score(None, context))
+    assert context.counted_when_sent == 1, f"{context.status[0].name} not yet counted when the status went out"

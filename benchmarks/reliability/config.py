@@ -63,7 +63,14 @@ class ReliabilityConfig(LoadTestConfig):
     fault_concurrency: int = setting(4, "requests in flight in the background load around each fault")
     drain_burst_pairs: int = setting(2048, "SIGTERM: pairs admitted in a burst just before the signal (at most half the queue bound)")
     abandoned_requests: int = setting(40, "requests that give up (deadline or cancel) while queued")
-    fuzz_examples: int = setting(300, "hostile messages generated per message kind (Score, Rank, ModelInfer, raw bytes)")
+    fuzz_examples: int = setting(
+        300, "hostile messages generated per message kind (Score, Rank, ModelInfer, well-formed ModelInfer rows, raw bytes)"
+    )
+    batch_mates_bound: float | None = setting(
+        None,
+        "hostile passes if a candidate's probability alone and among batch-mates differs by at most this much "
+        "(0: bit-identical); unset: the difference is measured and reported, not enforced",
+    )
 
     def serve_flags(self) -> list[str]:
         """`edgerec serve` flags every server under test gets."""

@@ -130,7 +130,12 @@ def _details(scenario: dict) -> list[str]:
              k["failed_health_checks"])
             for kind, k in f.get("kinds", {}).items()
         ]  # fmt: skip
-        return table(("kind", "cases", "OK", "refused", "lost", "failed health checks"), rows)
+        known = [
+            (kind, _cell(k["expected"]), _cell(k["got"]), "passed" if k["passed"] else "**FAILED**")
+            for kind, k in f.get("known_answers", {}).items()
+        ]
+        lines = table(("kind", "cases", "OK", "refused", "lost", "failed health checks"), rows)
+        return lines + (table(("input with a known answer", "expected", "got", "verdict"), known) if known else [])
     if name == "access":
         rows = [(attempt, a["expected"], codes(a["codes"])) for attempt, a in f.get("attempts", {}).items()]
         return table(("client", "expected", "got"), rows) + [f"Listening on: {', '.join(f.get('listening_on', []))}."]
@@ -156,3 +161,10 @@ def _details(scenario: dict) -> list[str]:
     if name == "corrupt-bundle":
         return [f"- {c['case']}: started {c['started']}, named {c['names_file_and_checksums']}" for c in f.get("cases", [])]
     return []
+
+
+def _cell(text: str, limit: int = 160) -> str:
+    """`text` as one Markdown table cell: on one line, its pipes escaped, cut to `limit` characters."""
+    text = " ".join(str(text).split())
+    text = text if len(text) <= limit else text[: limit - 1] + "…"
+    return text.replace("|", "\\|")

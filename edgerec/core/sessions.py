@@ -78,6 +78,8 @@ class SessionConfig:
     inter_op_threads: int = 1
     spin_wait: bool = True
     cpu_memory_arena: bool = False
+    arena_extend_strategy: str = "next_power_of_two"
+    arena_shrinkage: bool = False
     trt_cache_dir: Path | None = None
     trt_profile: TensorRTProfile = TensorRTProfile()
     trt_fp16: bool = True
@@ -143,10 +145,34 @@ def session_options(config: SessionConfig) -> ort.SessionOptions:
         ort.ExecutionMode.ORT_PARALLEL if config.inter_op_threads > 1 else ort.ExecutionMode.ORT_SEQUENTIAL
     )
     options.enable_cpu_mem_arena = config.cpu_memory_arena
+    if config.cpu_memory_arena and config.arena_extend_strategy != "next_power_of_two":
+        _register_cpu_arena(config.arena_extend_strategy)
+        options.add_session_config_entry("session.use_env_allocators", "1")
     options.log_severity_level = config.log_severity_level
     spin = "1" if config.spin_wait else "0"
     options.add_session_config_entry("session.intra_op.allow_spinning", spin)
     options.add_session_config_entry("session.inter_op.allow_spinning", spin)
+    return options
+
+
+ARENA_EXTEND_STRATEGIES = {"next_power_of_two": 0, "same_as_requested": 1}
+_registered_arena: str | None = None
+
+
+def _register_cpu_arena(strategy: str) -> None:
+    global _registered_arena
+    if _registered_arena is not None:
+        return
+    memory = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+    ort.create_and_register_allocator(memory, ort.OrtArenaCfg({"arena_extend_strategy": ARENA_EXTEND_STRATEGIES[strategy]}))
+    _registered_arena = strategy
+
+
+def run_options(config: SessionConfig) -> ort.RunOptions | None:
+    if not (config.cpu_memory_arena and config.arena_shrinkage):
+        return None
+    options = ort.RunOptions()
+    options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
     return options
 
 
