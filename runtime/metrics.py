@@ -19,7 +19,11 @@ counts each of them once more when it ends, with the code its client got:
   (UNAUTHENTICATED), an unknown method (UNIMPLEMENTED, method label
   `unknown`, so clients cannot mint label values);
 - health checks and reflection: by the interceptor when they end.
-`edgerec_request_failures_total` repeats the non-OK ones.
+Every count is taken before the answer goes out (a unary call's client that
+has its answer finds it counted; a stream is counted as it ends).
+`edgerec_request_failures_total` repeats the non-OK ones. DEADLINE_EXCEEDED
+versus CANCELLED: a call gRPC cancels within `status.DEADLINE_SLACK_S` of
+its deadline is counted DEADLINE_EXCEEDED.
 Calls the server's code never sees are in neither: what gRPC's transport
 refuses (metadata over `max_metadata_bytes`, a message over gRPC's own hard
 cap of twice `max_message_bytes`, calls arriving while the server stops).

@@ -13,8 +13,8 @@ Every method of our services passes the same boundary:
   cut to a size every client accepts; an answer larger than the server may
   send is RESOURCE_EXHAUSTED; any other exception is a bug of the server,
   logged with its traceback and reported as INTERNAL without internals; a
-  call gRPC cancels is DEADLINE_EXCEEDED if its deadline has passed, else
-  CANCELLED (the client went away). Every call is counted by method and
+  call gRPC cancels is DEADLINE_EXCEEDED if its deadline has passed (within
+  `DEADLINE_SLACK_S`), else CANCELLED (the client went away). Every call is counted by method and
   final code before its answer is sent, so a client that has its answer
   finds it counted.
 
