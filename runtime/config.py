@@ -99,6 +99,7 @@ class BackendConfig:
     )
     arena_extend_strategy: str = setting("next_power_of_two", "x")
     arena_shrinkage: bool = setting(False, "x")
+    memory_pattern: bool = setting(True, "x")
     warm_up: bool = setting(True, "run a few batches of each size class before reporting SERVING")
     trt_cache_dir: Path | None = setting(None, "TensorRT engine cache folder; default: <bundle>/.trt-cache")
 
@@ -119,6 +120,7 @@ class BackendConfig:
             cpu_memory_arena=self.cpu_memory_arena,
             arena_extend_strategy=self.arena_extend_strategy,
             arena_shrinkage=self.arena_shrinkage,
+            memory_pattern=self.memory_pattern,
             trt_cache_dir=Path(self.trt_cache_dir or Path(bundle_root) / TRT_CACHE),
             trt_profile=TensorRTProfile.for_serving(max_batch, max_sequence),
         )

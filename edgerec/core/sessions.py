@@ -80,6 +80,7 @@ class SessionConfig:
     cpu_memory_arena: bool = False
     arena_extend_strategy: str = "next_power_of_two"
     arena_shrinkage: bool = False
+    memory_pattern: bool = True
     trt_cache_dir: Path | None = None
     trt_profile: TensorRTProfile = TensorRTProfile()
     trt_fp16: bool = True
@@ -145,6 +146,7 @@ def session_options(config: SessionConfig) -> ort.SessionOptions:
         ort.ExecutionMode.ORT_PARALLEL if config.inter_op_threads > 1 else ort.ExecutionMode.ORT_SEQUENTIAL
     )
     options.enable_cpu_mem_arena = config.cpu_memory_arena
+    options.enable_mem_pattern = config.memory_pattern
     if config.cpu_memory_arena and config.arena_extend_strategy != "next_power_of_two":
         _register_cpu_arena(config.arena_extend_strategy)
         options.add_session_config_entry("session.use_env_allocators", "1")
