@@ -27,7 +27,6 @@ import os
 import platform
 import random
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -116,10 +115,16 @@ def _version(distribution: str) -> str | None:
 
 
 # -- the server process ---------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((LOOPBACK, 0))
-        return probe.getsockname()[1]
+def bound_port(process: subprocess.Popen, port_file: Path, timeout_s: float, log_path: Path) -> int:
+    """The gRPC port the server bound (it writes `--port-file` once serving): no pick-then-bind race."""
+    deadline = time.monotonic() + timeout_s
+    while not port_file.exists():
+        if process.poll() is not None:
+            raise RuntimeError(f"edgerec serve exited with {process.returncode}:\n{log_path.read_text(errors='replace')[-4000:]}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"edgerec serve wrote no port file in {timeout_s:.0f} s")
+        time.sleep(0.02)
+    return int(json.loads(port_file.read_text())["grpc_port"])
 
 
 def serve_command() -> list[str]:
@@ -262,15 +267,15 @@ def measure(config: FootprintConfig) -> dict:
             },
             "settings": to_jsonable(config),
         }
-        port = free_port()
-        target = f"{LOOPBACK}:{port}"
-        command = [*serve_command(), "--bundle", str(bundle_path), "--host", LOOPBACK, "--grpc-port", str(port),
-                   "--metrics-host", LOOPBACK, "--metrics-port", "0"]
+        port_file = scratch / "ports.json"
+        command = [*serve_command(), "--bundle", str(bundle_path), "--host", LOOPBACK, "--grpc-port", "0",
+                   "--metrics-host", LOOPBACK, "--metrics-port", "0", "--port-file", str(port_file)]
         log_path = scratch / "server.log"
         with open(log_path, "wb") as log:
             started = time.monotonic()
             process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=scratch)
         try:
+            target = f"{LOOPBACK}:{bound_port(process, port_file, config.start_timeout_s, log_path)}"
             wait_until_serving(process, target, config.start_timeout_s, log_path)
             report["start"] = {"seconds_to_serving": round(time.monotonic() - started, 2), "command": command}
             cpu_at_serving = cpu_seconds(process.pid)
