@@ -97,9 +97,17 @@ class BackendConfig:
         "ONNX Runtime's CPU memory arena: a little faster, but it keeps the largest buffer each batch shape "
         "ever needed, so resident memory creeps up for minutes under varied traffic (off: flat memory)",
     )
-    arena_extend_strategy: str = setting("next_power_of_two", "x")
-    arena_shrinkage: bool = setting(False, "x")
-    memory_pattern: bool = setting(True, "x")
+    arena_extend_strategy: str = setting(
+        "next_power_of_two",
+        "with cpu_memory_arena on: how the arena grows (next_power_of_two, ONNX Runtime's default, or "
+        "same_as_requested)",
+    )
+    arena_shrinkage: bool = setting(
+        False, "with cpu_memory_arena on: hand the arena's unused memory back after every run"
+    )
+    memory_pattern: bool = setting(
+        True, "ONNX Runtime's memory pattern planning (its default): reuses one allocation plan per input shape"
+    )
     warm_up: bool = setting(True, "run a few batches of each size class before reporting SERVING")
     trt_cache_dir: Path | None = setting(None, "TensorRT engine cache folder; default: <bundle>/.trt-cache")
 
