@@ -135,7 +135,7 @@ def test_runtime_only_install_serves_a_bundle_archive_without_torch(tiny_bundle,
 
         log, port_file = tmp_path / "serve.log", tmp_path / "serve-ports.json"
         command = [edgerec, "serve", "--bundle", tiny_bundle_archive, "--host", "127.0.0.1",
-                   "--grpc-port", 0, "--metrics-port", "-1", "--port-file", port_file]
+                   "--grpc-port", 0, "--metrics-port", "-1", "--port-file", port_file, "--precision", "fp32"]
         with open(log, "w") as out:
             process = subprocess.Popen([str(c) for c in command], stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
         try:
@@ -150,10 +150,11 @@ def test_runtime_only_install_serves_a_bundle_archive_without_torch(tiny_bundle,
         assert exit_code == 0, log.read_text()
 
         assert (reply.model_name, reply.model_version) == ("tiny", "test")
-        expected_probability, expected_quantity = OfflineModel(tiny_bundle, "int8-dynamic").score(request)
-        # int8-dynamic quantizes activations per batch, so batched and one-by-one scores differ slightly.
-        np.testing.assert_allclose(reply.purchase_probability, expected_probability, atol=0.01)
-        np.testing.assert_allclose(reply.expected_quantity, expected_quantity, rtol=0.03)
+        # fp32: scores do not depend on batch-mates, so the served batch equals the pairs scored one by one.
+        # (The default int8-dynamic variant quantizes activations per batch: issue 11's item 1, still open.)
+        expected_probability, expected_quantity = OfflineModel(tiny_bundle, "fp32").score(request)
+        np.testing.assert_allclose(reply.purchase_probability, expected_probability, atol=1e-6)
+        np.testing.assert_allclose(reply.expected_quantity, expected_quantity, rtol=1e-5)
         text = log.read_text()
         assert "runs on CPUExecutionProvider" in text and "stopped" in text
 
