@@ -39,9 +39,9 @@ class OfflineConfig:
     )
     threads: int = setting(0, "intra-op threads of every runner (ONNX Runtime and torch alike); 0: physical cores")
     spin_wait: bool = setting(
-        True,
-        "let ONNX Runtime's threads spin between operators, as the server does by default; "
-        "off: an idle session's spinning cannot slow the next runner of a round",
+        False,
+        "let ONNX Runtime's threads spin between operators; off as in the server's default, and so that an "
+        "idle session's spinning cannot slow the next runner of a round",
     )
     quality_baskets: int = setting(
         40, "validation baskets (~60 pairs each) scored for runners whose AUC/NDCG@10 the bundle's gate did not record"
@@ -71,6 +71,12 @@ class LoadConfig(LoadTestConfig):
     request_pool: int = setting(400, "distinct requests built from the test split and sent round-robin")
     max_batch_size: int = setting(0, "batching server's max batch size in pairs; 0: the server's default")
     goal_concurrency: int = setting(64, "concurrency of the server goals (vs offline, vs batching off)")
+    serving_cost_concurrencies: tuple[int, ...] = setting(
+        (4, 16), "closed-loop levels whose server CPU per pair and pairs/s are judged against the yardstick"
+    )
+    yardstick_seconds: float = setting(
+        8.0, "time budget of each in-process way (default session, serving session, rows alone) over the request pool"
+    )
 
 
 QUICK_OFFLINE = OfflineConfig(
@@ -95,6 +101,8 @@ QUICK_LOAD = LoadConfig(
     max_candidates=12,
     request_pool=32,
     goal_concurrency=4,
+    serving_cost_concurrencies=(1, 4),
+    yardstick_seconds=0.2,
     startup_timeout_s=30.0,
 )
 

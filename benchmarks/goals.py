@@ -178,3 +178,58 @@ def server_goals(server: Mapping[str, Any], cost: Sequence[Mapping[str, Any]], c
         "summary": f"{gain:.2f}x at concurrency {at}{where}: {on['pairs_per_s']:.0f} vs {off['pairs_per_s']:.0f} pairs/s",
     }
     return [offline_goal, gain_goal]
+
+
+# Issue 14's target: 1.15x the 156 pairs/s the issue measured for the int8 server on 2 cores, real customers.
+SERVED_INT8_PAIRS_PER_S = 180.0
+
+
+def serving_path_goals(
+    server: Mapping[str, Any], yardstick: Mapping[str, Any] | None, concurrencies: Sequence[int], precision: str
+) -> list[dict[str, Any]]:
+    """The batching server's CPU per pair vs an in-process default ONNX Runtime session on the same batches,
+    and (int8) its pairs/s, at each of `concurrencies` (closed loop)."""
+    from edgerec.benchmarks.yardstick import DEFAULT_SESSION, server_cpu_per_pair
+
+    cpu_goal = {
+        "name": "server CPU per pair vs default ONNX Runtime session",
+        "target": f"<= the in-process default session's CPU ms per pair at concurrency {', '.join(map(str, concurrencies))}",
+    }
+    speed_goal = {
+        "name": "served int8 pairs/s",
+        "target": f">= {SERVED_INT8_PAIRS_PER_S:.0f} pairs/s at concurrency {', '.join(map(str, concurrencies))}",
+    }
+    levels = {level["level"]: level for level in server.get("batching", {}).get("closed_loop", [])}
+    missing = [c for c in concurrencies if c not in levels]
+    if missing or not levels:
+        why = f"closed-loop concurrency {missing} did not run"
+        return [_unmeasured(cpu_goal, why), _unmeasured(speed_goal, why)]
+    goals_out = []
+    default = next((w for w in (yardstick or {}).get("ways", []) if w["name"] == DEFAULT_SESSION), None)
+    if default is None:
+        goals_out.append(_unmeasured(cpu_goal, "the in-process yardstick did not run"))
+    else:
+        per_level = {c: server_cpu_per_pair(levels[c]) for c in concurrencies}
+        met = all(np.isfinite(v) and v <= default["cpu_ms_per_pair"] for v in per_level.values())
+        text = ", ".join(f"c={c}: {v:.2f}" for c, v in per_level.items())
+        goals_out.append(
+            {
+                **cpu_goal,
+                "met": met,
+                "measured": {"server_cpu_ms_per_pair": per_level, "default_session_cpu_ms_per_pair": default["cpu_ms_per_pair"]},
+                "summary": f"server {text} ms vs default session {default['cpu_ms_per_pair']:.2f} ms per pair",
+            }
+        )
+    if not precision.startswith("int8"):
+        goals_out.append(_unmeasured(speed_goal, f"the server ran {precision}, not int8"))
+    else:
+        rates = {c: levels[c]["pairs_per_s"] for c in concurrencies}
+        goals_out.append(
+            {
+                **speed_goal,
+                "met": all(r >= SERVED_INT8_PAIRS_PER_S for r in rates.values()),
+                "measured": {"pairs_per_s": rates, "p99_ms": {c: levels[c].get("p99_ms") for c in concurrencies}},
+                "summary": ", ".join(f"c={c}: {r:.0f} pairs/s" for c, r in rates.items()),
+            }
+        )
+    return goals_out

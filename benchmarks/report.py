@@ -174,7 +174,33 @@ def _server(results: Mapping[str, Any]) -> list[str]:
                 ("mode", "concurrency", "server pairs/s", "mean batch", "offline basis", "offline pairs/s", "ratio"), rows
             ),
         ]
-    return lines
+    return lines + _yardstick(results)
+
+
+def _yardstick(results: Mapping[str, Any]) -> list[str]:
+    """Server CPU per pair beside the in-process sessions' on the same batches (`benchmarks.yardstick`)."""
+    figures, server = results.get("yardstick"), results.get("server", {}).get("batching")
+    if not figures or not server:
+        return []
+    from edgerec.benchmarks.yardstick import server_cpu_per_pair
+
+    rows = [(w["name"], number(w["cpu_ms_per_pair"], 2), number(w["pairs_per_s"], 0), w["passes"]) for w in figures["ways"]]
+    rows += [
+        (f"server, closed loop c={lv['level']}", number(server_cpu_per_pair(lv), 2), number(lv["pairs_per_s"], 0), "")
+        for lv in server["closed_loop"]
+    ]
+    settings = ", ".join(f"{k} {v}" for k, v in figures["session_config"].items())
+    return [
+        "### Serving-path cost: server CPU per pair vs in-process ONNX Runtime sessions",
+        "",
+        f"The request pool's pairs cut into {figures['batches']} batches by the server's scheduler (mean "
+        f"{number(figures['mean_batch_size'])} pairs, {percent(figures['padding_ratio'])} padding), run in this "
+        f"process on `{figures['model_file']}` with {figures['threads']} threads: ONNX Runtime at its defaults, the "
+        f"server's session ({settings}), and that session fed one pair at a time. Server rows: its process CPU "
+        "over the pairs it scored (gRPC, batching and featurizing included).",
+        "",
+        *table(("way", "CPU ms per pair", "pairs/s", "passes"), rows),
+    ]
 
 
 def render(results: Mapping[str, Any], plots: Sequence[str]) -> str:

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from edgerec.benchmarks import goals, plots, report
+from edgerec.benchmarks import goals, plots, report, yardstick
 from edgerec.benchmarks.config import QUICK_LOAD, QUICK_OFFLINE, BenchPaths, LoadConfig, OfflineConfig, RunConfig
 from edgerec.benchmarks.limits import ModelShape, PeakEstimate, estimate_peak, limits_table
 from edgerec.benchmarks.machine import describe_machine
@@ -41,6 +41,7 @@ from edgerec.core.bundle import Bundle, open_bundle
 from edgerec.core.errors import EdgeRecError
 from edgerec.core.settings import add_arguments, dump_json, from_arguments, to_jsonable
 from edgerec.core.signatures import CROSS_ENCODER
+from edgerec.runtime.config import BatcherConfig
 
 SECTIONS = (("", RunConfig), ("", BenchPaths), ("offline_", OfflineConfig), ("load_", LoadConfig))
 
@@ -109,6 +110,11 @@ def server_phase(
     pair_tokens = float(np.average([mean_pair_tokens(featurizer, r) for r in pool], weights=candidates))
     started = time.perf_counter()
     server = run_server_bench(bundle.root, pool, config, threads, spin_wait)
+    print(f"edgerec bench: in-process yardstick, ~{3 * config.yardstick_seconds:.0f} s")
+    precision = served.removeprefix("ort-")
+    batcher = BatcherConfig(max_batch_size=config.max_batch_size or BatcherConfig().max_batch_size)
+    path = bundle.variant_path(CROSS_ENCODER.name, precision)
+    yardstick_figures = yardstick.measure(path, featurizer, pool, batcher, threads, config.yardstick_seconds)
     return {
         "requests": {
             "count": len(pool),
@@ -118,6 +124,7 @@ def server_phase(
         },
         "server": server,
         "serving_cost": goals.serving_cost(server, offline_rows, served, pair_tokens),
+        "yardstick": yardstick_figures,
         "phase_seconds": {"server": time.perf_counter() - started},
     }
 
@@ -218,6 +225,9 @@ def run(args: argparse.Namespace) -> int:
             offline_config.goal_sequence_length,
         ),
         *goals.server_goals(results.get("server", {}), results.get("serving_cost", []), load_config.goal_concurrency),
+        *goals.serving_path_goals(
+            results.get("server", {}), results.get("yardstick"), load_config.serving_cost_concurrencies, served
+        ),
     ]
     results["plots"] = write_plots(results, output_dir)
     results["duration_s"] = time.perf_counter() - started

@@ -117,9 +117,10 @@ def time_variants(
 ) -> dict[str, float]:
     """Best-of-`rounds` seconds each variant takes for `batches`; variants interleave within a round.
 
-    Each runs in a CPU session configured like the server's (`validate.OnnxScorer`).
+    Each runs in a CPU session configured like the server's, fed as the server feeds it
+    (`validate.OnnxScorer.as_served`).
     """
-    scorers = {precision: OnnxScorer(path, threads) for precision, path in variants.items()}
+    scorers = {precision: OnnxScorer.as_served(precision, path, threads) for precision, path in variants.items()}
     for scorer in scorers.values():  # warm-up
         scorer(batches[0])
     best = {p: float("inf") for p in scorers}

@@ -3,8 +3,9 @@
 Each variant scores the same held-out validation baskets as the PyTorch model
 (`edgerec.export.evaluate.score_baskets`, so pairs are built exactly as in
 training and serving), in an ONNX Runtime session made by
-`edgerec.core.sessions.create_session` with the server's settings (spinning
-threads, no memory arena, one inter-op thread), so what is gated and timed
+`edgerec.core.sessions.create_session` with the server's settings (threads
+that do not spin, the memory arena without memory patterns, one inter-op
+thread), so what is gated and timed
 is what the server runs. Per variant, two kinds of checks:
 - parity: the largest absolute difference of `purchase_probability` and the
   largest relative difference of `expected_quantity` (quantities span orders
@@ -28,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from edgerec.core.bundle import BATCH_DEPENDENT_PRECISIONS
 from edgerec.core.featurize import EncodedBatch, Featurizer
 from edgerec.core.sessions import SessionConfig, create_session
 from edgerec.core.settings import setting
@@ -124,15 +126,31 @@ class OnnxScorer:
     Raises EdgeRecError FAILED_PRECONDITION if the file does not load.
     """
 
-    def __init__(self, path: Path, threads: int = 0) -> None:
+    def __init__(self, path: Path, threads: int = 0, rows_alone: bool = False) -> None:
+        """`rows_alone`: run each row as its own call cut to its own length, as the server runs variants
+        whose rows depend on their batch-mates (`edgerec.core.bundle.Variant.batch_dependent`)."""
         self.path = Path(path)
+        self.rows_alone = rows_alone
         self.session = create_session(self.path, cpu_session_config(threads), CROSS_ENCODER).session
         self._outputs = list(CROSS_ENCODER.output_names)
 
+    @classmethod
+    def as_served(cls, precision: str, path: Path, threads: int = 0) -> "OnnxScorer":
+        """The scorer for a variant of `precision`, run as the server runs it by default."""
+        return cls(path, threads, rows_alone=precision in BATCH_DEPENDENT_PRECISIONS)
+
     def __call__(self, batch: EncodedBatch) -> tuple[np.ndarray, np.ndarray]:
         """(purchase_probability, expected_quantity), float32 of shape [batch]."""
-        probabilities, quantities = self.session.run(self._outputs, batch.as_feeds())
-        return probabilities, quantities
+        feeds = batch.as_feeds()
+        if not self.rows_alone:
+            probabilities, quantities = self.session.run(self._outputs, feeds)
+            return probabilities, quantities
+        lengths = batch.attention_mask.sum(axis=1)
+        rows = [
+            self.session.run(self._outputs, {name: value[row : row + 1, : lengths[row]] for name, value in feeds.items()})
+            for row in range(len(lengths))
+        ]
+        return tuple(np.concatenate(column) for column in zip(*rows))  # type: ignore[return-value]
 
 
 def _relative_drop(reference: float, value: float) -> float:
@@ -193,7 +211,7 @@ def run_gate(
     reference_report = _numbers(ranking_report(baskets, *reference)[GATED_SLICE])
     results = {}
     for precision, path in variants.items():
-        outputs = score_baskets(baskets, featurizer, OnnxScorer(path, threads), batch_size, progress)
+        outputs = score_baskets(baskets, featurizer, OnnxScorer.as_served(precision, path, threads), batch_size, progress)
         report = _numbers(ranking_report(baskets, *outputs)[GATED_SLICE])
         results[precision] = judge(Path(path).name, precision, outputs, reference, report, reference_report, config)
         verdict = "passed" if results[precision].passed else "FAILED"

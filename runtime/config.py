@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from edgerec.core.bundle import TRT_CACHE
+from edgerec.core.bundle import TRT_CACHE, Variant
 from edgerec.core.sessions import PROVIDER_NAMES, SessionConfig, TensorRTProfile
 from edgerec.core.settings import add_arguments, from_arguments, setting
 
@@ -81,6 +81,9 @@ class BatcherConfig:
     length_bucket_width: int = setting(16, "pairs are grouped by length in buckets this many tokens wide; 0: no grouping")
 
 
+EXECUTION_MODES = ("auto", "batched", "rows_alone")
+
+
 @dataclasses.dataclass(frozen=True)
 class BackendConfig:
     """The ONNX Runtime backend of every served model: providers, variant precision, threads and warm-up."""
@@ -91,25 +94,35 @@ class BackendConfig:
     precision: str | None = setting(None, "variant precision to load; default: each model's default variant for the device")
     intra_op_threads: int = setting(0, "threads inside one operator; 0: one per physical core")
     inter_op_threads: int = setting(1, "threads running independent operators in parallel")
-    spin_wait: bool = setting(True, "let ONNX Runtime's threads spin between operators (faster, burns idle CPU)")
-    cpu_memory_arena: bool = setting(
+    spin_wait: bool = setting(
         False,
-        "ONNX Runtime's CPU memory arena: a little faster, but it keeps the largest buffer each batch shape "
-        "ever needed, so resident memory creeps up for minutes under varied traffic (off: flat memory)",
+        "let ONNX Runtime's threads spin between operators; off by default: on a small box the spinning "
+        "threads take CPU from the gRPC and batching threads (see deploy/README.md, 'Session settings')",
     )
-    arena_extend_strategy: str = setting(
-        "next_power_of_two",
-        "with cpu_memory_arena on: how the arena grows (next_power_of_two, ONNX Runtime's default, or "
-        "same_as_requested)",
-    )
-    arena_shrinkage: bool = setting(
-        False, "with cpu_memory_arena on: hand the arena's unused memory back after every run"
+    cpu_memory_arena: bool = setting(
+        True,
+        "ONNX Runtime's CPU memory arena: activations are reused across runs; off, every run allocates and "
+        "frees them afresh (more page faults and CPU per pair, and glibc heaps that grow under load)",
     )
     memory_pattern: bool = setting(
-        True, "ONNX Runtime's memory pattern planning (its default): reuses one allocation plan per input shape"
+        False,
+        "ONNX Runtime's memory pattern planning: one allocation plan kept per input shape; off by default, "
+        "since every new batch shape adds a plan and resident memory then creeps under varied traffic",
+    )
+    execution: str = setting(
+        "auto",
+        "how a cut batch runs: 'batched' (one call, rows padded to the longest), 'rows_alone' (one call per row, "
+        "cut to its own length, so no score depends on its batch-mates), 'auto' (rows_alone for variants whose "
+        "rows depend on each other: int8-dynamic; batched otherwise)",
     )
     warm_up: bool = setting(True, "run a few batches of each size class before reporting SERVING")
     trt_cache_dir: Path | None = setting(None, "TensorRT engine cache folder; default: <bundle>/.trt-cache")
+
+    def rows_alone(self, variant: Variant) -> bool:
+        """Whether `variant` runs one row per call (see `execution`); ValueError for an unknown mode."""
+        if self.execution not in EXECUTION_MODES:
+            raise ValueError(f"backend.execution must be one of {', '.join(EXECUTION_MODES)}, got {self.execution!r}")
+        return self.execution == "rows_alone" or (self.execution == "auto" and variant.batch_dependent)
 
     def session_config(self, bundle_root: Path, max_batch: int, max_sequence: int) -> SessionConfig:
         """The ONNX Runtime session settings of a served model (`edgerec.core.sessions`).
@@ -126,8 +139,6 @@ class BackendConfig:
             inter_op_threads=self.inter_op_threads,
             spin_wait=self.spin_wait,
             cpu_memory_arena=self.cpu_memory_arena,
-            arena_extend_strategy=self.arena_extend_strategy,
-            arena_shrinkage=self.arena_shrinkage,
             memory_pattern=self.memory_pattern,
             trt_cache_dir=Path(self.trt_cache_dir or Path(bundle_root) / TRT_CACHE),
             trt_profile=TensorRTProfile.for_serving(max_batch, max_sequence),
@@ -163,6 +174,8 @@ class Config:
             problems.append("tls_cert and tls_key go together")
         if self.server.tls_client_ca and not self.server.tls_cert:
             problems.append("tls_client_ca (mTLS) needs tls_cert and tls_key")
+        if self.backend.execution not in EXECUTION_MODES:
+            problems.append(f"backend.execution must be one of {', '.join(EXECUTION_MODES)}, got {self.backend.execution!r}")
         unknown = [p for p in self.backend.providers if p not in PROVIDER_NAMES]
         if unknown:
             problems.append(f"unknown provider(s) {unknown}; choose from {sorted(PROVIDER_NAMES)}")

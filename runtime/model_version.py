@@ -85,17 +85,40 @@ def merge_feeds(segments: Sequence[Segment]) -> dict[str, np.ndarray]:
     return merged
 
 
-class Instance:
-    """One served model of a model version: its backend and the batcher that feeds it."""
+def split_feeds(segments: Sequence[Segment]) -> list[dict[str, np.ndarray]]:
+    """One batch's rows as separate inputs, in segment order, each row cut to its own length (no padding)."""
+    return [
+        segment.payload.feeds(segment.indices[row : row + 1])
+        for segment in segments
+        for row in range(len(segment.indices))
+    ]
 
-    def __init__(self, backend: Backend, config: BatcherConfig, metrics: Metrics, name: str) -> None:
+
+class Instance:
+    """One served model of a model version: its backend and the batcher that feeds it.
+
+    With `rows_alone` the batcher still queues, cuts and answers batches as
+    usual, but the worker runs each row of a batch as its own call, cut to
+    its own length: no row's outputs depend on its batch-mates or on padding
+    (`BackendConfig.execution`). Otherwise a batch is one padded call.
+    """
+
+    def __init__(self, backend: Backend, config: BatcherConfig, metrics: Metrics, name: str, rows_alone: bool = False) -> None:
         self.backend = backend
+        self.rows_alone = rows_alone
         self._output_names = backend.signature.output_names
-        self.batcher = Batcher(config, merge_feeds, self._execute, metrics, name)
+        if rows_alone:
+            self.batcher = Batcher(config, split_feeds, self._execute_rows, metrics, name)
+        else:
+            self.batcher = Batcher(config, merge_feeds, self._execute, metrics, name)
 
     def _execute(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, ...]:
         outputs = self.backend.execute(feeds)
         return tuple(outputs[name] for name in self._output_names)
+
+    def _execute_rows(self, rows: Sequence[dict[str, np.ndarray]]) -> tuple[np.ndarray, ...]:
+        outputs = [self._execute(feeds) for feeds in rows]
+        return tuple(np.concatenate(column) for column in zip(*outputs))
 
     async def submit(self, rows: Rows, lengths: np.ndarray, timeout: float | None = None) -> tuple[np.ndarray, ...]:
         """Run `rows` through the batcher; the model's outputs in signature order, one entry per row.
@@ -232,7 +255,11 @@ class ModelVersion:
         self._unpacked_to = unpacked_to
         self.instances: dict[str, Instance] = {
             backend.signature.name: Instance(
-                backend, config.batcher, metrics, f"{bundle.name}-{bundle.version}-{backend.signature.name}"
+                backend,
+                config.batcher,
+                metrics,
+                f"{bundle.name}-{bundle.version}-{backend.signature.name}",
+                config.backend.rows_alone(backend.variant),
             )
             for backend in backends
         }

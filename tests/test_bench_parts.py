@@ -344,3 +344,51 @@ def test_onnx_runners_open_the_bundles_variants_and_skip_what_cannot_run(tiny_bu
     runner.close()
     with pytest.raises(RunnerUnavailable):
         load_runner(static, threads=1)
+
+
+# -- serving-path yardstick ---------------------------------------------------------------------
+
+
+def test_the_yardstick_runs_the_servers_own_batches_in_three_ways(tiny_bundle: Path) -> None:
+    from edgerec.benchmarks import yardstick
+    from edgerec.benchmarks.harness.requests import random_requests
+    from edgerec.runtime.config import BatcherConfig
+
+    bundle = open_bundle(tiny_bundle)
+    featurizer = bundle.featurizer()
+    requests = random_requests(sorted(featurizer.catalog), 6, 3, 20, 5, seed=1)
+    config = BatcherConfig(max_batch_size=8)
+    batches = yardstick.server_batches(featurizer, requests, config)
+    ids, mask = CROSS_ENCODER.input_names[:2]
+    assert sum(len(b[ids]) for b in batches) == sum(len(r.candidates) for r in requests)
+    assert all(len(b[ids]) <= 8 for b in batches)
+    alone = [row for b in batches for row in yardstick.rows_alone(b)]
+    assert all(row[mask].all() and row[ids].shape[0] == 1 for row in alone)  # each row cut to its own length
+    assert sum(row[mask].size for row in alone) == sum(int(b[mask].sum()) for b in batches)
+
+    figures = yardstick.measure(bundle.variant_path(CROSS_ENCODER.name, "fp32"), featurizer, requests, config, 1, 0.05)
+    names = [way["name"] for way in figures["ways"]]
+    assert names == [yardstick.DEFAULT_SESSION, yardstick.SERVING_SESSION, yardstick.ROWS_ALONE]
+    total = sum(len(r.candidates) for r in requests)
+    for way in figures["ways"]:
+        assert way["pairs"] == total * way["passes"] and way["passes"] >= 1
+        assert way["cpu_ms_per_pair"] > 0 and way["pairs_per_s"] > 0
+    assert figures["session_config"]["cpu_memory_arena"] is True
+
+
+def test_serving_path_goals_compare_server_cpu_per_pair_with_the_default_session() -> None:
+    def level(c: int, pairs_per_s: float, cores: float) -> dict:
+        return {"level": c, "pairs_per_s": pairs_per_s, "p99_ms": 10.0,
+                "server": {"cpu_cores_used": cores, "scored_pairs_per_s": pairs_per_s}}  # fmt: skip
+
+    server = {"batching": {"closed_loop": [level(4, 200.0, 1.8), level(16, 190.0, 1.9)]}}
+    stick = {"ways": [{"name": "default session", "cpu_ms_per_pair": 9.5}]}
+    cpu, speed = goals.serving_path_goals(server, stick, (4, 16), "int8-dynamic")
+    assert cpu["measured"]["server_cpu_ms_per_pair"] == pytest.approx({4: 9.0, 16: 10.0})
+    assert cpu["met"] is False and speed["met"] is True  # 10.0 ms at c=16 > 9.5; both levels >= 180 pairs/s
+    stick["ways"][0]["cpu_ms_per_pair"] = 10.0
+    assert goals.serving_path_goals(server, stick, (4, 16), "int8-dynamic")[0]["met"] is True
+    slow = {"batching": {"closed_loop": [level(4, 150.0, 1.0), level(16, 190.0, 1.0)]}}
+    assert goals.serving_path_goals(slow, stick, (4, 16), "int8-dynamic")[1]["met"] is False
+    assert goals.serving_path_goals(server, stick, (4, 16), "fp32")[1]["met"] is None  # int8 target only
+    assert goals.serving_path_goals(server, None, (4, 64), "int8-dynamic")[0]["met"] is None  # c=64 not run

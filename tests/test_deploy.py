@@ -151,7 +151,7 @@ def test_runtime_only_install_serves_a_bundle_archive_without_torch(tiny_bundle,
 
         assert (reply.model_name, reply.model_version) == ("tiny", "test")
         # fp32: scores do not depend on batch-mates, so the served batch equals the pairs scored one by one.
-        # (The default int8-dynamic variant quantizes activations per batch: issue 11's item 1, still open.)
+        # (The default int8-dynamic variant runs row by row, so it is batch-invariant too: test_fuzz_hostile.)
         expected_probability, expected_quantity = OfflineModel(tiny_bundle, "fp32").score(request)
         np.testing.assert_allclose(reply.purchase_probability, expected_probability, atol=1e-6)
         np.testing.assert_allclose(reply.expected_quantity, expected_quantity, rtol=1e-5)

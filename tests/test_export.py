@@ -160,9 +160,9 @@ def test_a_bundle_refuses_a_default_variant_it_does_not_hold_and_repeated_models
 def test_the_gate_and_the_timing_use_sessions_configured_like_the_server(exported_bundle: Path) -> None:
     scorer = OnnxScorer(open_bundle(exported_bundle).variant_path(MODEL, "fp32"), threads=1)
     options = scorer.session.get_session_options()
-    assert options.enable_cpu_mem_arena is False and options.inter_op_num_threads == 1
-    assert options.intra_op_num_threads == 1
-    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    assert options.enable_cpu_mem_arena is True and options.enable_mem_pattern is False
+    assert options.inter_op_num_threads == 1 and options.intra_op_num_threads == 1
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
 
 
 def test_a_failing_gate_names_artifact_metric_value_and_bound(checkpoint, exported_bundle, tiny_data) -> None:

@@ -67,9 +67,9 @@ class ReliabilityConfig(LoadTestConfig):
         300, "hostile messages generated per message kind (Score, Rank, ModelInfer, well-formed ModelInfer rows, raw bytes)"
     )
     batch_mates_bound: float | None = setting(
-        None,
+        0.0,
         "hostile passes if a candidate's probability alone and among batch-mates differs by at most this much "
-        "(0: bit-identical); unset: the difference is measured and reported, not enforced",
+        "(0: bit-identical, what the default execution gives); unset: measured and reported, not enforced",
     )
 
     def serve_flags(self) -> list[str]:

@@ -69,18 +69,20 @@ class SessionConfig:
     """How an ONNX Runtime session is made; defaults are the server's.
 
     - `intra_op_threads` 0: ONNX Runtime's default, one thread per physical core.
-    - `spin_wait` True: threads spin between operators (lower latency, idle CPU burnt).
-    - `cpu_memory_arena` False: see `runtime.config.BackendConfig` for the measurement behind it.
+    - `spin_wait` False: threads sleep between operators instead of spinning
+      (spinning burnt CPU the other thread needed on a 2-core box).
+    - `cpu_memory_arena` True and `memory_pattern` False: activations come
+      from ONNX Runtime's arena, reused across runs, without one allocation
+      plan kept per input shape. See `runtime.config.BackendConfig` for the
+      measurements that chose these.
     """
 
     providers: tuple[str, ...] = ("cpu",)
     intra_op_threads: int = 0
     inter_op_threads: int = 1
-    spin_wait: bool = True
-    cpu_memory_arena: bool = False
-    arena_extend_strategy: str = "next_power_of_two"
-    arena_shrinkage: bool = False
-    memory_pattern: bool = True
+    spin_wait: bool = False
+    cpu_memory_arena: bool = True
+    memory_pattern: bool = False
     trt_cache_dir: Path | None = None
     trt_profile: TensorRTProfile = TensorRTProfile()
     trt_fp16: bool = True
@@ -147,34 +149,10 @@ def session_options(config: SessionConfig) -> ort.SessionOptions:
     )
     options.enable_cpu_mem_arena = config.cpu_memory_arena
     options.enable_mem_pattern = config.memory_pattern
-    if config.cpu_memory_arena and config.arena_extend_strategy != "next_power_of_two":
-        _register_cpu_arena(config.arena_extend_strategy)
-        options.add_session_config_entry("session.use_env_allocators", "1")
     options.log_severity_level = config.log_severity_level
     spin = "1" if config.spin_wait else "0"
     options.add_session_config_entry("session.intra_op.allow_spinning", spin)
     options.add_session_config_entry("session.inter_op.allow_spinning", spin)
-    return options
-
-
-ARENA_EXTEND_STRATEGIES = {"next_power_of_two": 0, "same_as_requested": 1}
-_registered_arena: str | None = None
-
-
-def _register_cpu_arena(strategy: str) -> None:
-    global _registered_arena
-    if _registered_arena is not None:
-        return
-    memory = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
-    ort.create_and_register_allocator(memory, ort.OrtArenaCfg({"arena_extend_strategy": ARENA_EXTEND_STRATEGIES[strategy]}))
-    _registered_arena = strategy
-
-
-def run_options(config: SessionConfig) -> ort.RunOptions | None:
-    if not (config.cpu_memory_arena and config.arena_shrinkage):
-        return None
-    options = ort.RunOptions()
-    options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
     return options
 
 

@@ -19,7 +19,7 @@ import logging
 import numpy as np
 
 from edgerec.core.bundle import Bundle, BundleModel, Variant
-from edgerec.core.sessions import CPU, OpenedSession, SessionConfig, create_session, provider_names, run_options, usable_providers
+from edgerec.core.sessions import CPU, OpenedSession, SessionConfig, create_session, provider_names, usable_providers
 from edgerec.runtime.backends.base import Backend
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ class OnnxBackend(Backend):
         self._opened, self._variant, self._provider = opened, variant, opened.provider
 
     def execute(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        outputs = self._opened.session.run(self._output_names, feeds, run_options(self.config))
+        outputs = self._opened.session.run(self._output_names, feeds)
         return dict(zip(self._output_names, outputs))
 
     def finalize(self) -> None:
