@@ -6,6 +6,10 @@ Torch-free (the runtime's tests run in the runtime-only install):
   ONNX models in `tests/data/tiny_model/` (built with `onnx.helper` by
   `tests/data/make_tiny_model.py`), the real tokenizer and the synthetic
   shop's catalog; `tiny_bundle_archive`: it packed as a .tar.gz.
+- `server` (one per test module): a real gRPC server on 127.0.0.1 serving
+  `tiny_bundle`'s fp32 variant with small batches (at most 8 pairs, 10 ms
+  window); `channel`: a channel to it; `offline`: the same fp32 variant
+  scored in-process, for exact comparisons.
 
 Through the training stack (torch is imported inside these fixtures only):
 - `tiny_data`: the synthetic shop (`edgerec.export.synthetic`) prepared into
@@ -165,3 +169,30 @@ def exported_bundle(tiny_checkpoint: Path, tiny_data, tiny_gate) -> Path:
         data_fingerprint=tiny_data.fingerprint,
         gate=tiny_gate,
     )
+
+
+@pytest.fixture(scope="module")
+def server(tiny_bundle: Path):
+    """`edgerec serve` in-process on 127.0.0.1: the fp32 variant (compared exactly with `offline`), small batches."""
+    from edgerec.runtime.server import start_server
+    from server_helpers import make_config
+
+    handle = start_server(make_config(tiny_bundle, precision="fp32", max_batch_size=8, max_queue_delay_ms=10))
+    yield handle
+    handle.stop()
+
+
+@pytest.fixture(scope="module")
+def channel(server):
+    import grpc
+
+    with grpc.insecure_channel(server.target) as opened:
+        yield opened
+
+
+@pytest.fixture(scope="module")
+def offline(tiny_bundle: Path):
+    """`tiny_bundle`'s fp32 variant scored in-process, as the server scores it (`server_helpers.OfflineModel`)."""
+    from server_helpers import OfflineModel
+
+    return OfflineModel(tiny_bundle, "fp32")

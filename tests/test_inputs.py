@@ -20,8 +20,7 @@ from edgerec.core.featurize import ContextEntry, Featurizer, load_catalog
 from edgerec.proto import grpc_service_pb2 as kserve
 from edgerec.proto import grpc_service_pb2_grpc as kserve_grpc
 from edgerec.proto import recommender_pb2, recommender_pb2_grpc
-from edgerec.runtime.server import start_server
-from server_helpers import catalog_ids, featurizer_of, make_config
+from server_helpers import catalog_ids, featurizer_of
 
 TIMEOUT = 20
 
@@ -29,19 +28,6 @@ TIMEOUT = 20
 @pytest.fixture(scope="module")
 def featurizer(tiny_bundle) -> Featurizer:
     return featurizer_of(tiny_bundle)
-
-
-@pytest.fixture(scope="module")
-def server(tiny_bundle):
-    handle = start_server(make_config(tiny_bundle, precision="fp32", max_batch_size=8, max_queue_delay_ms=5))
-    yield handle
-    handle.stop()
-
-
-@pytest.fixture(scope="module")
-def channel(server):
-    with grpc.insecure_channel(server.target) as channel:
-        yield channel
 
 
 def status_of(call) -> tuple[grpc.StatusCode, str]:

@@ -31,28 +31,9 @@ from edgerec.export.triton import TritonConfig, write_repository
 from edgerec.proto import grpc_service_pb2 as kserve
 from edgerec.proto import grpc_service_pb2_grpc as kserve_grpc
 from edgerec.runtime import kserve_service
-from edgerec.runtime.server import start_server
-from server_helpers import OfflineModel, catalog_ids, make_config
+from server_helpers import catalog_ids
 
 TIMEOUT = 20  # seconds; every call is bounded
-
-
-@pytest.fixture(scope="module")
-def offline(tiny_bundle):
-    return OfflineModel(tiny_bundle, "fp32")
-
-
-@pytest.fixture(scope="module")
-def server(tiny_bundle):
-    handle = start_server(make_config(tiny_bundle, precision="fp32", max_batch_size=8, max_queue_delay_ms=10))
-    yield handle
-    handle.stop()
-
-
-@pytest.fixture(scope="module")
-def channel(server):
-    with grpc.insecure_channel(server.target) as channel:
-        yield channel
 
 
 @pytest.fixture

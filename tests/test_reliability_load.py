@@ -15,6 +15,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import numpy as np
+
 import pytest
 
 from edgerec.benchmarks.harness.requests import RequestPool, catalog_ids, random_requests
@@ -69,3 +71,16 @@ def test_requests_that_time_out_or_cancel_in_the_queue_cost_no_compute(server, c
     result = drain.abandoned(server, item_ids, capacity, CONFIG, served_config(()))
     assert result.passed, result.explain()
     assert result.figures["dropped_pairs"] == sum(result.figures["refused"].values())
+
+
+def test_the_soak_trend_is_the_slope_of_rss_and_its_noise_the_spread_around_it() -> None:
+    from types import SimpleNamespace
+
+    from edgerec.benchmarks.harness.memory import MB
+    from edgerec.benchmarks.reliability.load import rss_trend
+
+    wobble = [0.5, -0.5] * 30
+    samples = [(float(t), (400 + 2.0 * t / 60 + wobble[t]) * MB) for t in range(60)]  # +2 MiB/min, +-0.5 MiB
+    trend, noise = rss_trend(SimpleNamespace(samples=samples), 0.0, 59.0)
+    assert trend == pytest.approx(2.0, abs=0.1) and noise == pytest.approx(0.5, abs=0.05)
+    assert np.isnan(rss_trend(SimpleNamespace(samples=samples[:2]), 0.0, 59.0)[0])

@@ -19,7 +19,6 @@ from edgerec.proto import recommender_pb2, recommender_pb2_grpc
 from edgerec.core.featurize import ContextEntry
 from edgerec.runtime.server import start_server
 from server_helpers import (
-    OfflineModel,
     catalog_ids,
     copy_bundle,
     make_config,
@@ -35,25 +34,6 @@ TIMEOUT = 20  # seconds; every call is bounded
 @pytest.fixture(scope="module")
 def ids(tiny_bundle):
     return catalog_ids(tiny_bundle)
-
-
-@pytest.fixture(scope="module")
-def offline(tiny_bundle):
-    return OfflineModel(tiny_bundle, "fp32")
-
-
-@pytest.fixture(scope="module")
-def server(tiny_bundle):
-    """fp32 variant (batch-invariant, so scores can be compared exactly), small batches."""
-    handle = start_server(make_config(tiny_bundle, precision="fp32", max_batch_size=8, max_queue_delay_ms=10))
-    yield handle
-    handle.stop()
-
-
-@pytest.fixture(scope="module")
-def channel(server):
-    with grpc.insecure_channel(server.target) as channel:
-        yield channel
 
 
 @pytest.fixture

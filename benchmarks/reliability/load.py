@@ -15,10 +15,12 @@ import asyncio
 import dataclasses
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 from edgerec.benchmarks.harness.driver import closed_loop, open_loop
+from edgerec.benchmarks.harness.memory import MB
 from edgerec.benchmarks.harness.requests import RequestPool
 from edgerec.benchmarks.harness.results import Tally, percentile_ms
 from edgerec.benchmarks.harness.server import ServerUnderTest
@@ -89,6 +91,17 @@ def _run_open_loop(
     return asyncio.run(main())
 
 
+def rss_trend(memory: Any, start: float, stop: float) -> tuple[float, float]:
+    """Least-squares slope (MiB per minute) of the RSS samples taken in [start, stop], and their noise:
+    the standard deviation (MiB) of the samples around that line. NaN with fewer than 3 samples."""
+    samples = [(t, rss / MB) for t, rss in list(memory.samples) if start <= t <= stop]
+    if len(samples) < 3:
+        return float("nan"), float("nan")
+    times, mb = (np.array(column, dtype=float) for column in zip(*samples))
+    slope, intercept = np.polyfit(times - times[0], mb, 1)
+    return float(slope * 60.0), float(np.std(mb - (slope * (times - times[0]) + intercept)))
+
+
 def soak(
     server: ServerUnderTest,
     workload: RequestPool,
@@ -105,6 +118,7 @@ def soak(
     fifth = (stopped - started) / 5
     first, last = server.memory.mb_between(started, started + fifth), server.memory.mb_between(stopped - fifth, stopped)
     growth = float(np.median(last) - np.median(first)) if first.size and last.size else float("nan")
+    trend, noise = rss_trend(server.memory, started + fifth, stopped)
     figures = {
         **tally.summary(),
         "seconds": config.soak_s,
@@ -116,6 +130,9 @@ def soak(
         "rss_growth_mb": growth,
         "rss_growth_mb_per_min": growth / (stopped - started) * 60.0,
         "peak_rss_mb": server.memory.peak_mb(started, stopped),
+        # After the first fifth (warm-up): least-squares slope of RSS, and the samples' spread around it.
+        "rss_trend_mb_per_min": trend,
+        "rss_noise_mb": noise,
     }
     checks = [
         Check("nothing lost", tally.lost == 0, f"lost {tally.lost} of {tally.sent} ({dict(tally.unexpected)})"),
