@@ -75,7 +75,10 @@ class LoadConfig(LoadTestConfig):
         (4, 16), "closed-loop levels whose server CPU per pair and pairs/s are judged against the yardstick"
     )
     yardstick_seconds: float = setting(
-        8.0, "time budget of each in-process way (default session, serving session, rows alone) over the request pool"
+        8.0, "time budget of each in-process way (default session, serving session, rows alone), in whole passes"
+    )
+    yardstick_pairs: int = setting(
+        1500, "pairs of the request pool (its first requests) the in-process yardstick runs each way over"
     )
 
 
@@ -103,6 +106,7 @@ QUICK_LOAD = LoadConfig(
     goal_concurrency=4,
     serving_cost_concurrencies=(1, 4),
     yardstick_seconds=0.2,
+    yardstick_pairs=200,
     startup_timeout_s=30.0,
 )
 

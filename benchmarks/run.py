@@ -110,11 +110,13 @@ def server_phase(
     pair_tokens = float(np.average([mean_pair_tokens(featurizer, r) for r in pool], weights=candidates))
     started = time.perf_counter()
     server = run_server_bench(bundle.root, pool, config, threads, spin_wait)
-    print(f"edgerec bench: in-process yardstick, ~{3 * config.yardstick_seconds:.0f} s")
+    print(f"edgerec bench: in-process yardstick over {config.yardstick_pairs} pairs, three ways")
     precision = served.removeprefix("ort-")
     batcher = BatcherConfig(max_batch_size=config.max_batch_size or BatcherConfig().max_batch_size)
     path = bundle.variant_path(CROSS_ENCODER.name, precision)
-    yardstick_figures = yardstick.measure(path, featurizer, pool, batcher, threads, config.yardstick_seconds)
+    yardstick_figures = yardstick.measure(
+        path, featurizer, pool, batcher, threads, config.yardstick_seconds, max_pairs=config.yardstick_pairs
+    )
     return {
         "requests": {
             "count": len(pool),

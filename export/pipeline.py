@@ -118,9 +118,9 @@ def time_variants(
     """Best-of-`rounds` seconds each variant takes for `batches`; variants interleave within a round.
 
     Each runs in a CPU session configured like the server's, fed as the server feeds it
-    (`validate.OnnxScorer.as_served`).
+    (`validate.OnnxScorer`).
     """
-    scorers = {precision: OnnxScorer.as_served(precision, path, threads) for precision, path in variants.items()}
+    scorers = {precision: OnnxScorer(path, threads) for precision, path in variants.items()}
     for scorer in scorers.values():  # warm-up
         scorer(batches[0])
     best = {p: float("inf") for p in scorers}

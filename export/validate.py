@@ -5,8 +5,8 @@ Each variant scores the same held-out validation baskets as the PyTorch model
 training and serving), in an ONNX Runtime session made by
 `edgerec.core.sessions.create_session` with the server's settings (threads
 that do not spin, the memory arena without memory patterns, one inter-op
-thread), so what is gated and timed
-is what the server runs. Per variant, two kinds of checks:
+thread) and fed as the server feeds it on the CPU (rows alone, several at
+once), so what is gated and timed is what the server runs. Per variant, two kinds of checks:
 - parity: the largest absolute difference of `purchase_probability` and the
   largest relative difference of `expected_quantity` (quantities span orders
   of magnitude, so they are compared relative to PyTorch's value);
@@ -23,15 +23,15 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edgerec.core.bundle import BATCH_DEPENDENT_PRECISIONS
 from edgerec.core.featurize import EncodedBatch, Featurizer
-from edgerec.core.sessions import SessionConfig, create_session
+from edgerec.core.sessions import SessionConfig, available_cpus, create_session
 from edgerec.core.settings import setting
 from edgerec.core.signatures import CROSS_ENCODER
 from edgerec.export.evaluate import ranking_report, score_baskets, torch_scorer
@@ -121,36 +121,39 @@ def cpu_session_config(threads: int = 0) -> SessionConfig:
 
 
 class OnnxScorer:
-    """Scores encoded batches with one ONNX variant of the cross-encoder, in a session configured like the server's.
+    """Scores encoded batches with one ONNX variant of the cross-encoder, fed as the server feeds it on the CPU.
 
-    Raises EdgeRecError FAILED_PRECONDITION if the file does not load.
+    By default rows alone (`BackendConfig.execution` 'auto' on the CPU): each
+    row is one single-threaded call cut to its own length, `threads` rows at
+    once (0: every available CPU), in a session configured like the
+    server's; `rows_alone=False` scores each batch as one padded call with
+    `threads` intra-op threads. Raises EdgeRecError FAILED_PRECONDITION if the
+    file does not load.
     """
 
-    def __init__(self, path: Path, threads: int = 0, rows_alone: bool = False) -> None:
-        """`rows_alone`: run each row as its own call cut to its own length, as the server runs variants
-        whose rows depend on their batch-mates (`edgerec.core.bundle.Variant.batch_dependent`)."""
+    def __init__(self, path: Path, threads: int = 0, rows_alone: bool = True) -> None:
         self.path = Path(path)
         self.rows_alone = rows_alone
-        self.session = create_session(self.path, cpu_session_config(threads), CROSS_ENCODER).session
+        self.workers = (threads or available_cpus()) if rows_alone else 1
+        config = cpu_session_config(1 if rows_alone else threads)
+        self.session = create_session(self.path, config, CROSS_ENCODER).session
         self._outputs = list(CROSS_ENCODER.output_names)
+        self._pool = ThreadPoolExecutor(self.workers) if self.workers > 1 else None
 
-    @classmethod
-    def as_served(cls, precision: str, path: Path, threads: int = 0) -> "OnnxScorer":
-        """The scorer for a variant of `precision`, run as the server runs it by default."""
-        return cls(path, threads, rows_alone=precision in BATCH_DEPENDENT_PRECISIONS)
+    def _run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return self.session.run(self._outputs, feeds)
 
     def __call__(self, batch: EncodedBatch) -> tuple[np.ndarray, np.ndarray]:
         """(purchase_probability, expected_quantity), float32 of shape [batch]."""
         feeds = batch.as_feeds()
         if not self.rows_alone:
-            probabilities, quantities = self.session.run(self._outputs, feeds)
+            probabilities, quantities = self._run(feeds)
             return probabilities, quantities
         lengths = batch.attention_mask.sum(axis=1)
-        rows = [
-            self.session.run(self._outputs, {name: value[row : row + 1, : lengths[row]] for name, value in feeds.items()})
-            for row in range(len(lengths))
-        ]
-        return tuple(np.concatenate(column) for column in zip(*rows))  # type: ignore[return-value]
+        rows = [{name: value[row : row + 1, : lengths[row]] for name, value in feeds.items()} for row in range(len(lengths))]
+        outputs = list(self._pool.map(self._run, rows)) if self._pool else [self._run(row) for row in rows]
+        probabilities, quantities = (np.concatenate(column) for column in zip(*outputs))
+        return probabilities, quantities
 
 
 def _relative_drop(reference: float, value: float) -> float:
@@ -211,7 +214,7 @@ def run_gate(
     reference_report = _numbers(ranking_report(baskets, *reference)[GATED_SLICE])
     results = {}
     for precision, path in variants.items():
-        outputs = score_baskets(baskets, featurizer, OnnxScorer.as_served(precision, path, threads), batch_size, progress)
+        outputs = score_baskets(baskets, featurizer, OnnxScorer(path, threads), batch_size, progress)
         report = _numbers(ranking_report(baskets, *outputs)[GATED_SLICE])
         results[precision] = judge(Path(path).name, precision, outputs, reference, report, reference_report, config)
         verdict = "passed" if results[precision].passed else "FAILED"

@@ -20,9 +20,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from edgerec.core.bundle import TRT_CACHE, Variant
+from edgerec.core.bundle import TRT_CACHE
 from edgerec.core.sessions import PROVIDER_NAMES, SessionConfig, TensorRTProfile
 from edgerec.core.settings import add_arguments, from_arguments, setting
+from edgerec.runtime.backends.base import EXECUTION_MODES
 
 try:
     import tomllib
@@ -81,9 +82,6 @@ class BatcherConfig:
     length_bucket_width: int = setting(16, "pairs are grouped by length in buckets this many tokens wide; 0: no grouping")
 
 
-EXECUTION_MODES = ("auto", "batched", "rows_alone")
-
-
 @dataclasses.dataclass(frozen=True)
 class BackendConfig:
     """The ONNX Runtime backend of every served model: providers, variant precision, threads and warm-up."""
@@ -92,7 +90,9 @@ class BackendConfig:
         ("tensorrt", "cuda", "cpu"), "execution providers to try, in order (tensorrt, cuda, cpu)"
     )
     precision: str | None = setting(None, "variant precision to load; default: each model's default variant for the device")
-    intra_op_threads: int = setting(0, "threads inside one operator; 0: one per physical core")
+    intra_op_threads: int = setting(
+        0, "threads running the model: inside one call when batched, rows at once when rows_alone; 0: one per core"
+    )
     inter_op_threads: int = setting(1, "threads running independent operators in parallel")
     spin_wait: bool = setting(
         False,
@@ -111,18 +111,12 @@ class BackendConfig:
     )
     execution: str = setting(
         "auto",
-        "how a cut batch runs: 'batched' (one call, rows padded to the longest), 'rows_alone' (one call per row, "
-        "cut to its own length, so no score depends on its batch-mates), 'auto' (rows_alone for variants whose "
-        "rows depend on each other: int8-dynamic; batched otherwise)",
+        "how a cut batch runs: 'batched' (one call, rows padded to the longest, intra_op_threads per call), "
+        "'rows_alone' (one single-threaded call per row, cut to its own length, intra_op_threads rows at once: "
+        "no score depends on its batch-mates or padding), 'auto' (rows_alone on the CPU, batched on a GPU)",
     )
     warm_up: bool = setting(True, "run a few batches of each size class before reporting SERVING")
     trt_cache_dir: Path | None = setting(None, "TensorRT engine cache folder; default: <bundle>/.trt-cache")
-
-    def rows_alone(self, variant: Variant) -> bool:
-        """Whether `variant` runs one row per call (see `execution`); ValueError for an unknown mode."""
-        if self.execution not in EXECUTION_MODES:
-            raise ValueError(f"backend.execution must be one of {', '.join(EXECUTION_MODES)}, got {self.execution!r}")
-        return self.execution == "rows_alone" or (self.execution == "auto" and variant.batch_dependent)
 
     def session_config(self, bundle_root: Path, max_batch: int, max_sequence: int) -> SessionConfig:
         """The ONNX Runtime session settings of a served model (`edgerec.core.sessions`).

@@ -29,6 +29,7 @@ import asyncio
 import logging
 import shutil
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -97,28 +98,45 @@ def split_feeds(segments: Sequence[Segment]) -> list[dict[str, np.ndarray]]:
 class Instance:
     """One served model of a model version: its backend and the batcher that feeds it.
 
-    With `rows_alone` the batcher still queues, cuts and answers batches as
-    usual, but the worker runs each row of a batch as its own call, cut to
-    its own length: no row's outputs depend on its batch-mates or on padding
-    (`BackendConfig.execution`). Otherwise a batch is one padded call.
+    When the backend runs rows alone (`Backend.rows_alone`), the batcher
+    still queues, cuts and answers batches as usual, but each row of a batch
+    is its own call, cut to its own length, `Backend.row_workers` rows at
+    once on a small thread pool: no row's outputs depend on its batch-mates
+    or on padding (`BackendConfig.execution`). Otherwise a batch is one
+    padded call.
     """
 
-    def __init__(self, backend: Backend, config: BatcherConfig, metrics: Metrics, name: str, rows_alone: bool = False) -> None:
+    def __init__(self, backend: Backend, config: BatcherConfig, metrics: Metrics, name: str) -> None:
         self.backend = backend
-        self.rows_alone = rows_alone
         self._output_names = backend.signature.output_names
-        if rows_alone:
+        self._rows: ThreadPoolExecutor | None = None
+        if backend.rows_alone:
+            if backend.row_workers > 1:
+                self._rows = ThreadPoolExecutor(backend.row_workers, thread_name_prefix=f"{name}-rows")
             self.batcher = Batcher(config, split_feeds, self._execute_rows, metrics, name)
         else:
             self.batcher = Batcher(config, merge_feeds, self._execute, metrics, name)
+
+    @property
+    def rows_alone(self) -> bool:
+        return self.backend.rows_alone
 
     def _execute(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, ...]:
         outputs = self.backend.execute(feeds)
         return tuple(outputs[name] for name in self._output_names)
 
     def _execute_rows(self, rows: Sequence[dict[str, np.ndarray]]) -> tuple[np.ndarray, ...]:
-        outputs = [self._execute(feeds) for feeds in rows]
+        if self._rows is None or len(rows) == 1:
+            outputs = [self._execute(feeds) for feeds in rows]
+        else:
+            outputs = list(self._rows.map(self._execute, rows))  # the first failure is raised here
         return tuple(np.concatenate(column) for column in zip(*outputs))
+
+    def close(self) -> None:
+        """Stop the row threads (after the batcher has drained) and free the backend."""
+        if self._rows is not None:
+            self._rows.shutdown(wait=True)
+        self.backend.finalize()
 
     async def submit(self, rows: Rows, lengths: np.ndarray, timeout: float | None = None) -> tuple[np.ndarray, ...]:
         """Run `rows` through the batcher; the model's outputs in signature order, one entry per row.
@@ -255,11 +273,7 @@ class ModelVersion:
         self._unpacked_to = unpacked_to
         self.instances: dict[str, Instance] = {
             backend.signature.name: Instance(
-                backend,
-                config.batcher,
-                metrics,
-                f"{bundle.name}-{bundle.version}-{backend.signature.name}",
-                config.backend.rows_alone(backend.variant),
+                backend, config.batcher, metrics, f"{bundle.name}-{bundle.version}-{backend.signature.name}"
             )
             for backend in backends
         }
@@ -284,7 +298,7 @@ class ModelVersion:
             max_batch, max_length = config.batcher.max_batch_size, featurizer_config.max_length
             sessions = config.backend.session_config(bundle.root, max_batch, max_length)
             for model in served_models(bundle):
-                backend = OnnxBackend(bundle, model, sessions, config.backend.precision)
+                backend = OnnxBackend(bundle, model, sessions, config.backend.precision, config.backend.execution)
                 backend.initialize()
                 backends.append(backend)
                 if model == CROSS_ENCODER.name:
@@ -333,7 +347,7 @@ class ModelVersion:
         True if everything finished in time."""
         finished = await asyncio.gather(*(i.batcher.drain(timeout) for i in self.instances.values()))
         for instance in self.instances.values():
-            instance.backend.finalize()
+            instance.close()
         if self._unpacked_to is not None:
             shutil.rmtree(self._unpacked_to, ignore_errors=True)
         return all(finished)

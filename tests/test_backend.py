@@ -25,7 +25,7 @@ LOGGER = "edgerec.runtime.backends.onnx"
 
 def backend_for(bundle, config: BackendConfig = BackendConfig(), model: str = CROSS_ENCODER.name) -> OnnxBackend:
     opened = open_bundle(bundle)
-    backend = OnnxBackend(opened, model, config.session_config(opened.root, 32, 64), config.precision)
+    backend = OnnxBackend(opened, model, config.session_config(opened.root, 32, 64), config.precision, config.execution)
     backend.initialize()
     return backend
 
@@ -107,22 +107,28 @@ def test_merge_feeds_pads_each_segment_to_the_longest_with_the_payloads_pad_valu
     assert merged["mask"].tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 1, 1, 1]]
 
 
-def test_execution_runs_batch_dependent_variants_row_by_row_and_others_batched(tiny_bundle):
-    """Issue 11.1: `auto` runs int8-dynamic (one activation scale per call) one row per call, fp32 batched;
-    `rows_alone` / `batched` force either; anything else is refused when the configuration is read."""
-    variants = {v.precision: v for v in open_bundle(tiny_bundle).model(CROSS_ENCODER.name).variants}
-    auto = BackendConfig()
-    assert auto.execution == "auto"
-    assert auto.rows_alone(variants["int8-dynamic"]) and not auto.rows_alone(variants["fp32"])
-    assert BackendConfig(execution="rows_alone").rows_alone(variants["fp32"])
-    assert not BackendConfig(execution="batched").rows_alone(variants["int8-dynamic"])
+def test_auto_execution_runs_rows_alone_single_threaded_on_the_cpu_and_batched_when_asked(tiny_bundle):
+    """Issue 11.1 / 14: on the CPU, 'auto' runs one single-threaded call per row, `intra_op_threads` rows at
+    once (0: every available CPU); 'batched' runs one call per batch; an unknown mode is refused."""
+    from edgerec.core.sessions import available_cpus
+
+    auto = backend_for(tiny_bundle, BackendConfig(providers=("cpu",)))
+    assert BackendConfig().execution == "auto"
+    assert auto.rows_alone and auto.row_workers == available_cpus()
+    assert auto._opened.session.get_session_options().intra_op_num_threads == 1
+    three = backend_for(tiny_bundle, BackendConfig(providers=("cpu",), intra_op_threads=3))
+    assert three.row_workers == 3 and three._opened.session.get_session_options().intra_op_num_threads == 1
+    batched = backend_for(tiny_bundle, BackendConfig(providers=("cpu",), intra_op_threads=2, execution="batched"))
+    assert not batched.rows_alone and batched._opened.session.get_session_options().intra_op_num_threads == 2
     with pytest.raises(ValueError, match="backend.execution"):
         make_config(tiny_bundle, execution="sometimes").validate()
     version = ModelVersion.load(tiny_bundle, make_config(tiny_bundle, providers=("cpu",), warm_up=False), Metrics())
-    assert version.instances[CROSS_ENCODER.name].rows_alone  # the default variant is int8-dynamic
+    assert version.instances[CROSS_ENCODER.name].rows_alone
 
 
 def test_rows_alone_give_each_row_the_score_it_gets_alone_whatever_its_batch_mates(tiny_bundle):
+    """int8-dynamic quantizes a call's activations with one scale: batched, a row's score moves with the rows
+    beside it and the padding; rows alone (on two threads) it is bit-identical to the row scored alone."""
     from edgerec.runtime.model_version import Instance, split_feeds
     from edgerec.runtime.pipeline import PairRows
 
@@ -133,16 +139,19 @@ def test_rows_alone_give_each_row_the_score_it_gets_alone_whatever_its_batch_mat
     items = list(featurizer.catalog.values())
     short = PairRows(featurizer, items[0], [items[1]])
     long = PairRows(featurizer, items[2] + items[3] + items[4] + items[5], [items[6]] * 7)
-    backend = backend_for(tiny_bundle, BackendConfig(providers=("cpu",)))  # int8-dynamic
-    instance = Instance(backend, make_config(tiny_bundle).batcher, Metrics(), "t", rows_alone=True)
-    alone = instance._execute_rows(split_feeds([seg(short, [0])]))
-    mixed = [seg(long, [0, 1, 2]), seg(short, [0]), seg(long, [3, 4, 5, 6])]
-    among = instance._execute_rows(split_feeds(mixed))
-    assert [len(f[CROSS_ENCODER.input_names[0]][0]) for f in split_feeds(mixed)][3] == short.lengths[0]  # no padding
-    assert all(out.shape == (8,) for out in among)
-    assert among[0][3] == alone[0][0] and among[1][3] == alone[1][0]  # bit-identical
-    batched = backend.execute(merge_feeds(mixed))[CROSS_ENCODER.output_names[0]]
-    assert batched[3] != alone[0][0]  # one padded call: int8-dynamic quantizes the whole batch with one scale
+    backend = backend_for(tiny_bundle, BackendConfig(providers=("cpu",), intra_op_threads=2))  # int8-dynamic
+    instance = Instance(backend, make_config(tiny_bundle).batcher, Metrics(), "t")
+    try:
+        alone = instance._execute_rows(split_feeds([seg(short, [0])]))
+        mixed = [seg(long, [0, 1, 2]), seg(short, [0]), seg(long, [3, 4, 5, 6])]
+        assert [len(f[CROSS_ENCODER.input_names[0]][0]) for f in split_feeds(mixed)][3] == short.lengths[0]  # no padding
+        among = instance._execute_rows(split_feeds(mixed))
+        assert all(out.shape == (8,) for out in among)
+        assert among[0][3] == alone[0][0] and among[1][3] == alone[1][0]  # bit-identical
+        batched = backend.execute(merge_feeds(mixed))[CROSS_ENCODER.output_names[0]]
+        assert batched[3] != alone[0][0]  # one padded call: int8-dynamic quantizes the whole batch with one scale
+    finally:
+        instance.close()
 
 
 def test_model_version_serves_one_instance_per_known_model(tiny_bundle):

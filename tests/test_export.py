@@ -158,7 +158,8 @@ def test_a_bundle_refuses_a_default_variant_it_does_not_hold_and_repeated_models
 
 
 def test_the_gate_and_the_timing_use_sessions_configured_like_the_server(exported_bundle: Path) -> None:
-    scorer = OnnxScorer(open_bundle(exported_bundle).variant_path(MODEL, "fp32"), threads=1)
+    scorer = OnnxScorer(open_bundle(exported_bundle).variant_path(MODEL, "fp32"), threads=2)
+    assert scorer.rows_alone and scorer.workers == 2  # as the server feeds the CPU: rows alone, two at once
     options = scorer.session.get_session_options()
     assert options.enable_cpu_mem_arena is True and options.enable_mem_pattern is False
     assert options.inter_op_num_threads == 1 and options.intra_op_num_threads == 1

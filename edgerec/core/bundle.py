@@ -60,17 +60,6 @@ class Variant:
     device: str  # "cpu" or "gpu": where this precision is meant to run
     gate: dict[str, Any] = dataclasses.field(default_factory=dict)
 
-    @property
-    def batch_dependent(self) -> bool:
-        """Whether a row's outputs depend on the other rows of its call: int8-dynamic quantizes every
-        activation tensor with one scale for the whole call (ONNX Runtime's DynamicQuantizeLinear), so
-        batch-mates and padding move a row's score (issue 11, item 1)."""
-        return self.precision in BATCH_DEPENDENT_PRECISIONS
-
-
-# Precisions whose rows depend on their batch-mates (see `Variant.batch_dependent`).
-BATCH_DEPENDENT_PRECISIONS = frozenset({"int8-dynamic"})
-
 
 @dataclasses.dataclass(frozen=True)
 class BundleModel:

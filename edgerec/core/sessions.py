@@ -13,6 +13,7 @@ read from `session.get_providers()` after the session exists.
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,14 @@ class OpenedSession:
     @property
     def device(self) -> str:
         return "cpu" if self.provider == CPU else "gpu"
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask; all of them where that is unknown)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def provider_names(names: tuple[str, ...]) -> list[str]:

@@ -4,8 +4,9 @@ Shaped like a Triton python-backend model: `initialize()` loads (blocking,
 before anything is served), `execute(feeds)` runs one batch, `finalize()`
 frees. Tensors are named by the model's signature (`edgerec.core.signatures`),
 so the core never hard-codes a model's inputs or outputs. `execute` is called
-from one worker thread at a time; `initialize` and `finalize` are not called
-concurrently with it.
+from one worker thread at a time (from up to `row_workers` threads at once
+when `rows_alone`); `initialize` and `finalize` are not called concurrently
+with it.
 """
 
 from __future__ import annotations
@@ -19,10 +20,21 @@ from edgerec.core.sessions import dummy_feeds
 from edgerec.core.signatures import ModelSignature
 
 
+# How a cut batch runs (`BackendConfig.execution`).
+EXECUTION_MODES = ("auto", "batched", "rows_alone")
+
+
 class Backend(abc.ABC):
-    """Runs one variant of one model: named input arrays in, named output arrays out."""
+    """Runs one variant of one model: named input arrays in, named output arrays out.
+
+    `rows_alone`: the model is fed one row per `execute` call, cut to its own
+    length, up to `row_workers` calls at once from different threads (each
+    call single-threaded); otherwise one padded call per batch.
+    """
 
     signature: ModelSignature
+    rows_alone: bool = False
+    row_workers: int = 1
 
     @abc.abstractmethod
     def initialize(self) -> None:
