@@ -16,6 +16,13 @@ fixed, seeded subsample of test baskets is scored (their candidates except the
 dedicated cold negatives), and the cold slice gets its own subsample of the
 baskets that hold a cold item (only their cold candidates are scored). `--full`
 scores everything. The report states the sample sizes.
+
+For the ranker (issue 12): `popularity_negatives` re-draws each basket's
+negatives in proportion to item popularity, so a model that only learned
+popularity does not look good; `bootstrap_intervals` gives 95% intervals over
+baskets (or customers) for NDCG@10, HR@10, MRR and GAUC, and
+`paired_intervals` the interval of one model minus another on the same
+resamples.
 """
 
 from __future__ import annotations
@@ -327,3 +334,229 @@ def run(args: argparse.Namespace) -> int:
     evaluate(config)
     print((Path(config.checkpoint) / "eval_report.md").read_text())
     return 0
+
+
+# -- popularity-drawn negatives and intervals (issue 12) ---------------------------------------------
+
+
+def popularity_negatives(
+    baskets: Sequence[Basket],
+    popularity: dict[str, float],
+    seed: int = 0,
+    negatives: int | None = None,
+    exclude: dict[str, set] | None = None,
+) -> list[Basket]:
+    """The baskets with their stored negatives replaced by negatives drawn in proportion to `popularity`.
+
+    What a shop's candidate generator hands a ranker is mostly popular items;
+    against these, a model that only learned popularity gains nothing. For
+    basket i (its own generator, seeded with `[seed, i]`), `negatives` items
+    (default: as many as its stored non-cold negatives) are drawn without
+    replacement, with probability proportional to `popularity` (items with 0
+    are never drawn), never one of its positives nor one of `exclude[invoice]`
+    (pass every item the invoice bought: a basket keeps at most
+    `max_positives` of them). Positives keep their labels, quantities and
+    flags; negatives get kind "popular", `is_cold` False and `is_repeat` from
+    the history. Candidates are shuffled with the same generator. The cold
+    slice then has no negatives: read the all/repeat/new slices.
+    """
+    pool = np.array([item for item, value in popularity.items() if value > 0], dtype=object)
+    weights = np.array([popularity[item] for item in pool], dtype=float)
+    position = {item: i for i, item in enumerate(pool)}
+    out = []
+    for i, basket in enumerate(baskets):
+        rng = np.random.default_rng([seed, i])
+        keep = [j for j, label in enumerate(basket.labels) if label]
+        stored = sum(1 for label, main in zip(basket.labels, basket.in_main_slices) if main and not label)
+        n = stored if negatives is None else negatives
+        banned = {basket.candidates[j] for j in keep} | set((exclude or {}).get(basket.invoice, ()))
+        banned_rows = [position[item] for item in banned if item in position]
+        p = weights.copy()
+        p[banned_rows] = 0.0
+        n = min(n, int((p > 0).sum()))
+        drawn = pool[rng.choice(len(pool), size=n, replace=False, p=p / p.sum())] if n > 0 else []
+        past = {item for item, _ in basket.history}
+        candidates = [basket.candidates[j] for j in keep] + [str(item) for item in drawn]
+        labels = [1] * len(keep) + [0] * n
+        quantities = [basket.quantities[j] for j in keep] + [0.0] * n
+        repeat = [basket.is_repeat[j] for j in keep] + [item in past for item in drawn]
+        cold = [basket.is_cold[j] for j in keep] + [False] * n
+        kinds = ["positive"] * len(keep) + ["popular"] * n
+        order = rng.permutation(len(candidates))
+        out.append(
+            dataclasses.replace(
+                basket,
+                candidates=tuple(candidates[j] for j in order),
+                labels=tuple(labels[j] for j in order),
+                quantities=tuple(quantities[j] for j in order),
+                is_repeat=tuple(bool(repeat[j]) for j in order),
+                is_cold=tuple(bool(cold[j]) for j in order),
+                kinds=tuple(kinds[j] for j in order),
+            )
+        )
+    return out
+
+
+INTERVAL_METRICS = ("ndcg@10", "hr@10", "mrr", "gauc")
+
+
+def resample_weights(baskets: Sequence[Basket], n_resamples: int = 1000, seed: int = 0, unit: str = "basket") -> np.ndarray:
+    """[n_baskets, n_resamples]: how many times each basket is in each bootstrap resample (seeded)."""
+    if unit not in ("basket", "customer"):
+        raise ValueError(f"unit must be 'basket' or 'customer', got {unit!r}")
+    rng = np.random.default_rng(seed)
+    if unit == "basket":
+        n = len(baskets)
+        return rng.multinomial(n, np.full(n, 1.0 / n), size=n_resamples).T.astype(float)
+    _, customer_of = np.unique(np.array([b.customer_id for b in baskets], dtype=str), return_inverse=True)
+    n = int(customer_of.max()) + 1
+    return rng.multinomial(n, np.full(n, 1.0 / n), size=n_resamples).T[customer_of].astype(float)
+
+
+def bootstrap_replicates(
+    baskets: Sequence[Basket],
+    probs: np.ndarray,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    unit: str = "basket",
+    slices: Sequence[str] = SLICES,
+) -> dict[str, dict[str, np.ndarray]]:
+    """Each slice's NDCG@10, HR@10, MRR and GAUC over `n_resamples` bootstrap resamples: {slice: {metric: [R]}}.
+
+    A resample draws baskets with replacement (`unit="basket"`), or customers
+    with all their baskets (`unit="customer"`, wider when a customer's baskets
+    agree); the same seed and baskets give the same resamples for every model,
+    so two models' replicates can be subtracted (`paired_intervals`). Per-basket
+    metrics average over the resample's ranked baskets; GAUC is computed
+    exactly on the resample (a basket drawn twice counts twice in its
+    customer's pooled AUC and weight), as `ranking_report` would on it.
+    Resampling baskets changes a customer's mix of within-basket and
+    cross-basket pairs, so GAUC's basket-bootstrap distribution sits off its
+    estimate (on the real test split ~0.005 above it); `unit="customer"` keeps
+    each customer's AUC intact and is the one to quote for GAUC.
+    """
+    from scipy import sparse
+
+    probs = np.asarray(probs, dtype=float)
+    labels = np.array([y for b in baskets for y in b.labels], dtype=int)
+    if probs.shape != labels.shape:
+        raise ValueError(f"got {probs.size} scores for {labels.size} candidates")
+    bounds = np.cumsum([0] + [len(b.candidates) for b in baskets])
+    customer_ids, customer_of = np.unique(np.array([b.customer_id for b in baskets], dtype=str), return_inverse=True)
+    n_baskets, n_customers = len(baskets), len(customer_ids)
+    weights = resample_weights(baskets, n_resamples, seed, unit)
+    group = sparse.csr_matrix((np.ones(n_baskets), (customer_of, np.arange(n_baskets))), shape=(n_customers, n_baskets))
+    by_customer: dict[int, list[int]] = {}
+    for b, c in enumerate(customer_of):
+        by_customer.setdefault(int(c), []).append(b)
+    masks = _slice_masks(baskets)
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for name in slices:
+        mask = masks[name]
+        per_basket = {m: np.full(n_baskets, np.nan) for m in ("ndcg@10", "hr@10", "mrr")}
+        positives, negatives = [], []
+        for b, (start, end) in enumerate(zip(bounds[:-1], bounds[1:])):
+            keep = mask[start:end]
+            y, s = labels[start:end][keep], probs[start:end][keep]
+            positives.append(s[y == 1])
+            negatives.append(np.sort(s[y == 0]))
+            if y.size and y.any() and not y.all():
+                per_basket["ndcg@10"][b] = metrics.ndcg_at_k(y, s, 10)
+                per_basket["hr@10"][b] = metrics.hit_rate_at_k(y, s, 10)
+                per_basket["mrr"][b] = metrics.mrr(y, s)
+        result = {}
+        for metric, values in per_basket.items():
+            ranked = ~np.isnan(values)
+            total = weights[ranked].sum(axis=0)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                result[metric] = (values[ranked] @ weights[ranked]) / total
+        # GAUC: wins[b1, b2] = (positive of b1, negative of b2) pairs the positive wins, ties half (same customer)
+        rows, cols, wins = [], [], []
+        for members in by_customer.values():
+            scores = [positives[b] for b in members]
+            if not any(len(s) for s in scores) or not any(len(negatives[b]) for b in members):
+                continue
+            pooled = np.concatenate(scores)
+            owner = np.repeat(np.arange(len(members)), [len(s) for s in scores])
+            for b2 in members:
+                if not len(negatives[b2]) or not pooled.size:
+                    continue
+                below = np.searchsorted(negatives[b2], pooled, side="left")
+                tied = np.searchsorted(negatives[b2], pooled, side="right") - below
+                column = np.bincount(owner, weights=below + 0.5 * tied, minlength=len(members))
+                rows.extend(members)
+                cols.extend([b2] * len(members))
+                wins.extend(column.tolist())
+        pair_wins = sparse.csr_matrix((wins, (rows, cols)), shape=(n_baskets, n_baskets))
+        n_pos = np.array([len(p) for p in positives], dtype=float)
+        n_neg = np.array([len(n) for n in negatives], dtype=float)
+        won = group @ (weights * (pair_wins @ weights))
+        pos, neg = group @ (weights * n_pos[:, None]), group @ (weights * n_neg[:, None])
+        ranked = (pos > 0) & (neg > 0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            auc = np.where(ranked, won / np.where(ranked, pos * neg, 1.0), 0.0)
+            size = np.where(ranked, pos + neg, 0.0)
+            result["gauc"] = (auc * size).sum(axis=0) / size.sum(axis=0)
+        out[name] = result
+    return out
+
+
+def _interval(replicates: np.ndarray, level: float) -> tuple[float, float]:
+    tail = (1.0 - level) / 2.0 * 100.0
+    finite = replicates[np.isfinite(replicates)]
+    if not finite.size:
+        return float("nan"), float("nan")
+    low, high = np.percentile(finite, [tail, 100.0 - tail])
+    return float(low), float(high)
+
+
+def bootstrap_intervals(
+    baskets: Sequence[Basket],
+    probs: np.ndarray,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    unit: str = "basket",
+    slices: Sequence[str] = SLICES,
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Percentile bootstrap intervals: {slice: {metric: {"estimate", "low", "high"}}} for `INTERVAL_METRICS`.
+
+    `estimate` is the metric on the baskets as given (what `ranking_report` says).
+    """
+    replicates = bootstrap_replicates(baskets, probs, n_resamples, seed, unit, slices)
+    point = ranking_report(baskets, probs)
+    return {
+        name: {
+            metric: dict(zip(("estimate", "low", "high"), (point[name][metric], *_interval(values, level))))
+            for metric, values in replicates[name].items()
+        }
+        for name in slices
+    }
+
+
+def paired_intervals(
+    baskets: Sequence[Basket],
+    probs_a: np.ndarray,
+    probs_b: np.ndarray,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    unit: str = "basket",
+    slices: Sequence[str] = SLICES,
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Intervals of model A minus model B on the same resamples (A beats B when `low` > 0)."""
+    a = bootstrap_replicates(baskets, probs_a, n_resamples, seed, unit, slices)
+    b = bootstrap_replicates(baskets, probs_b, n_resamples, seed, unit, slices)
+    point_a, point_b = ranking_report(baskets, probs_a), ranking_report(baskets, probs_b)
+    return {
+        name: {
+            metric: dict(
+                zip(
+                    ("estimate", "low", "high"),
+                    (point_a[name][metric] - point_b[name][metric], *_interval(a[name][metric] - b[name][metric], level)),
+                )
+            )
+            for metric in a[name]
+        }
+        for name in slices
+    }

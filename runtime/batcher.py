@@ -36,16 +36,19 @@ class Batcher:
         execute: Callable[[Any], Outputs],
         metrics: Metrics | None = None,
         name: str = "batcher",
+        padded: bool = True,
     ) -> None:
         """`prepare(segments)` runs on the event loop and builds the backend input of one batch
         (rows in segment order); `execute(prepared)` runs in the worker thread and returns
-        arrays whose first axis is the batch's rows. `name` labels the thread and the logs."""
+        arrays whose first axis is the batch's rows. `name` labels the thread and the logs.
+        `padded`: whether `prepare` pads rows to the batch's longest (False: rows run alone), for
+        the padding metric."""
         self.config = config
         self.metrics = metrics if metrics is not None else Metrics()
         self.name = name
         self.admission = Admission(config, self.metrics)
         self.scheduler = Scheduler(config)
-        self.worker = Worker(self.scheduler, self.admission, prepare, execute, self.metrics, name)
+        self.worker = Worker(self.scheduler, self.admission, prepare, execute, self.metrics, name, padded)
 
     async def start(self) -> "Batcher":
         await self.worker.start()

@@ -113,7 +113,7 @@ class Instance:
         if backend.rows_alone:
             if backend.row_workers > 1:
                 self._rows = ThreadPoolExecutor(backend.row_workers, thread_name_prefix=f"{name}-rows")
-            self.batcher = Batcher(config, split_feeds, self._execute_rows, metrics, name)
+            self.batcher = Batcher(config, split_feeds, self._execute_rows, metrics, name, padded=False)
         else:
             self.batcher = Batcher(config, merge_feeds, self._execute, metrics, name)
 

@@ -77,6 +77,7 @@ class Worker:
         execute: Callable[[Any], Outputs],
         metrics: Metrics,
         name: str,
+        padded: bool = True,
     ) -> None:
         """`prepare(segments)` runs on the event loop and builds the backend input of one batch
         (rows in segment order); `execute(prepared)` runs in the worker thread and returns arrays
@@ -88,6 +89,7 @@ class Worker:
         self._execute = execute
         self.metrics = metrics
         self.name = name
+        self.padded = padded  # rows padded to the batch's longest (else each row runs at its own length)
         self._live: set[_Call] = set()
         self._in_flight = 0  # batches handed to the worker thread and not yet completed (at most IN_FLIGHT)
         self._draining = False
@@ -292,7 +294,9 @@ class Worker:
                 self.metrics.dropped_pairs.labels(reason).inc(len(segment.indices))
             self._release(batch)
         else:
-            self.metrics.observe_batch(batch.rows, batch.real_tokens, batch.rows * batch.width, seconds)
+            self.metrics.observe_batch(
+                batch.rows, batch.real_tokens, batch.rows * batch.width if self.padded else batch.real_tokens, seconds
+            )
             self._scatter(batch, outputs)
 
     def _scatter(self, batch: Batch, outputs: Outputs) -> None:

@@ -1,14 +1,29 @@
 """Baselines see only data from before the split and score the stored candidates."""
 
+import dataclasses
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 from test_samples import COLD, X, Y, hand_made_shop
 
-from edgerec.export.baselines import als, co_occurrence, fit_baselines, history_before, popularity, repeat_frequency
+from edgerec.core.behaviour import BehaviourTables
+from edgerec.export.baselines import (
+    als,
+    blend_scores,
+    co_occurrence,
+    fit_baselines,
+    fit_behaviour_baselines,
+    history_before,
+    last_purchase_times,
+    popularity,
+    repeat_frequency,
+    tfidf_similarity,
+    tune_blend_weight,
+)
 from edgerec.export.data import DataConfig
-from edgerec.export.samples import prepare
+from edgerec.export.samples import Basket, prepare
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +88,90 @@ def test_als_scores_known_items_and_gives_cold_items_zero(shop):
 def test_every_baseline_scores_every_candidate(tiny_data):
     baskets = tiny_data.splits["test"][:5]
     for baseline in fit_baselines(tiny_data, "test"):
+        scores = baseline.score(baskets)
+        assert scores.shape == (sum(len(b.candidates) for b in baskets),), baseline.name
+        assert np.isfinite(scores).all()
+
+
+# -- the behavioural baselines (issue 12) ------------------------------------------------------------
+
+
+def test_last_purchase_times_are_the_latest_strictly_before_the_basket(shop):
+    basket = next(b for b in shop.splits["test"] if b.invoice == "5")  # 2011-11-10 10:00, customer A
+    times = last_purchase_times(shop.purchases, [basket])[0]
+    assert set(times) == {item for item, _ in basket.history}
+    assert times[X] == pd.Timestamp("2011-09-10 10:00:00").timestamp()  # invoice 4, not invoice 5 itself
+    assert times[Y] == pd.Timestamp("2010-12-05 09:00:00").timestamp()
+
+
+def chosen_item_tables() -> BehaviourTables:
+    """Items r (a repeat item), n (new, co-bought with h), o (new, never co-bought), h (in the history)."""
+    rows = [("b1", "h"), ("b1", "n"), ("b2", "h"), ("b2", "n"), ("b3", "o"), ("b4", "o"), ("b5", "r"), ("b6", "o")]
+    invoices, items = zip(*rows)
+    return BehaviourTables.build(invoices, ["c"] * len(rows), items, [1.0] * len(rows), [0.0] * len(rows), cutoff=1.0)
+
+
+def cooc_basket(customer: str, positive: str) -> Basket:
+    candidates = ("r", "n", "o")
+    labels = tuple(int(c == positive) for c in candidates)
+    return Basket(customer, "i" + customer, "2011-01-01 00:00:00", (("r", 1), ("h", 1)), candidates, labels,
+                  tuple(float(y) for y in labels), (True, False, False), (False,) * 3, ("positive",) * 3)
+
+
+def test_blend_weight_is_the_best_on_the_baskets_it_is_given():
+    tables = chosen_item_tables()
+    co_bought = [cooc_basket(str(i), "n") for i in range(4)]  # the co-bought new item is what they buy
+    repeat = [cooc_basket(str(i), "r") for i in range(4)]  # the repeat item is what they buy
+    weight, grid = tune_blend_weight(co_bought, tables, grid=(0.0, 0.5, 2.0))
+    assert weight == 2.0 and grid[2.0] > grid[0.0]  # w * cooc(n) = w * 1.0 beats r's repeat count 1 only when w > 1
+    assert tune_blend_weight(repeat, tables, grid=(0.0, 0.5, 2.0))[0] == 0.0
+    scores = blend_scores(co_bought[:1], tables, 2.0)
+    assert scores.argmax() == 1 and scores[0] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_blend_weight_is_tuned_on_validation_only(shop):
+    _, tuned = fit_behaviour_baselines(shop, "test", grid=(0.0, 1.0, 10.0))
+    flipped = {
+        "test": [dataclasses.replace(b, labels=tuple(1 - y for y in b.labels)) for b in shop.splits["test"]],
+    }
+    other = dataclasses.replace(shop, splits={**shop.splits, **flipped})
+    assert fit_behaviour_baselines(other, "test", grid=(0.0, 1.0, 10.0))[1] == tuned
+    reversed_valid = dataclasses.replace(
+        shop, splits={**shop.splits, "valid": [dataclasses.replace(b, labels=tuple(1 - y for y in b.labels))
+                                                for b in shop.splits["valid"]]}
+    )
+    grid_valid = tuned["blends"]["all"]["valid_ndcg@10"]
+    assert fit_behaviour_baselines(reversed_valid, "test", grid=(0.0, 1.0, 10.0))[1]["blends"]["all"]["valid_ndcg@10"] != grid_valid
+
+
+def test_tfidf_scores_the_matching_text_highest():
+    items = {
+        "a": "RED ENAMEL TEAPOT",
+        "b": "BLUE GLASS VASE",
+        "c": "RED ENAMEL MUG",
+        "d": "WOODEN SPOON",
+        "e": "BLUE GLASS BOWL",
+    }
+    baseline = tfidf_similarity(items)
+
+    def scores(history, candidates=("b", "c", "d", "e")):
+        basket = Basket("u", "i", "2011-01-01 00:00:00", history, candidates, (0,) * len(candidates),
+                        (0.0,) * len(candidates), (False,) * len(candidates), (False,) * len(candidates))
+        return dict(zip(candidates, baseline.score([basket])))
+
+    one = scores((("a", 1),))
+    assert max(one, key=one.get) == "c" and one["d"] == 0.0  # shares "RED ENAMEL", the spoon shares nothing
+    weighted = scores((("a", 1), ("b", 5)))
+    assert weighted["e"] > weighted["c"]  # five blue glass baskets outweigh one red enamel one
+    itself = scores((("a", 1),), ("a", "zzz"))
+    assert itself["a"] == pytest.approx(1.0) and itself["zzz"] == 0.0  # an item the catalog lacks scores 0
+
+
+def test_behaviour_baselines_score_every_candidate(tiny_data):
+    baselines, tuned = fit_behaviour_baselines(tiny_data, "test")
+    baskets = tiny_data.splits["test"][:5]
+    assert set(tuned["blends"]) == {"all"}
+    for baseline in baselines:
         scores = baseline.score(baskets)
         assert scores.shape == (sum(len(b.candidates) for b in baskets),), baseline.name
         assert np.isfinite(scores).all()

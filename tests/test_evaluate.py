@@ -1,5 +1,6 @@
 """Scoring keeps candidate order, slices hold the right candidates, `edgerec eval` writes both reports."""
 
+import collections
 import json
 import math
 import shutil
@@ -8,7 +9,19 @@ import numpy as np
 import pytest
 
 from edgerec.cli import main
-from edgerec.export.evaluate import basket_pairs, cold_only, ranking_report, score_baskets, torch_scorer
+from edgerec.export.evaluate import (
+    basket_pairs,
+    bootstrap_intervals,
+    bootstrap_replicates,
+    cold_only,
+    main_only,
+    paired_intervals,
+    popularity_negatives,
+    ranking_report,
+    resample_weights,
+    score_baskets,
+    torch_scorer,
+)
 from edgerec.export.model import load_checkpoint
 from edgerec.export.samples import Basket
 
@@ -97,3 +110,93 @@ def test_edgerec_eval_writes_json_and_markdown_reports(tiny_checkpoint, tmp_path
     table = (checkpoint / "eval_report.md").read_text()
     assert "| popularity |" in table and "cold-start items vs cold negatives" in table
     assert "Offline evaluation" in capsys.readouterr().out
+
+
+# -- popularity-drawn negatives and bootstrap intervals (issue 12) ------------------------------------
+ITEMS = [f"i{n}" for n in range(100)]
+POPULARITY = {item: float(n + 1) for n, item in enumerate(ITEMS)}  # i99 is 100x as popular as i0
+
+
+def synthetic_baskets(count: int = 90, customers: int = 30, seed: int = 0) -> list[Basket]:
+    """Positives drawn by popularity (what shops sell), stored negatives uniform, two dedicated cold negatives."""
+    rng = np.random.default_rng(seed)
+    p = np.array([POPULARITY[i] for i in ITEMS]) / sum(POPULARITY.values())
+    baskets = []
+    for b in range(count):
+        positives = list(rng.choice(ITEMS, size=3, replace=False, p=p))
+        negatives = [i for i in rng.choice(ITEMS, size=30, replace=False) if i not in positives][:20]
+        history = tuple((str(i), 1) for i in rng.choice(ITEMS, size=4, replace=False))
+        past = {item for item, _ in history}
+        rows = [(i, 1, 2.0, "positive") for i in positives] + [(i, 0, 0.0, "uniform") for i in negatives]
+        rows += [(f"cold{b}-{k}", 0, 0.0, "cold") for k in range(2)]
+        items, labels, quantities, kinds = zip(*rows)
+        baskets.append(
+            Basket(f"u{b % customers}", f"inv{b}", "2011-11-02 10:00:00", history, tuple(str(i) for i in items), labels,
+                   quantities, tuple(i in past for i in items), tuple(k == "cold" for k in kinds), kinds)
+        )
+    return baskets
+
+
+def popularity_scores(baskets):
+    return np.array([POPULARITY.get(c, 0.0) for b in baskets for c in b.candidates])
+
+
+def test_popularity_negatives_replace_only_the_negatives():
+    baskets = synthetic_baskets()
+    exclude = {"inv0": {"i98", "i99"}}
+    drawn = popularity_negatives(baskets, POPULARITY, seed=3, exclude=exclude)
+    assert drawn == popularity_negatives(baskets, POPULARITY, seed=3, exclude=exclude)  # seeded
+    assert drawn != popularity_negatives(baskets, POPULARITY, seed=4, exclude=exclude)
+    for old, new in zip(baskets, drawn):
+        kept = {c: (q, r, k) for c, y, q, r, k in zip(old.candidates, old.labels, old.quantities, old.is_repeat, old.is_cold) if y}
+        assert {c: (q, r, k) for c, y, q, r, k in zip(new.candidates, new.labels, new.quantities, new.is_repeat, new.is_cold) if y} == kept
+        negatives = [c for c, y in zip(new.candidates, new.labels) if not y]
+        assert len(negatives) == len(set(negatives)) == 20  # as many as the stored non-cold negatives
+        assert not set(negatives) & set(kept) and set(negatives) <= set(ITEMS)
+        assert all(r == (c in dict(new.history)) for c, r in zip(new.candidates, new.is_repeat))
+        assert set(new.kinds) <= {"positive", "popular"} and not any(new.is_cold)
+    assert not {"i98", "i99"} & set(drawn[0].candidates)
+    one_each = popularity_negatives(baskets * 20, POPULARITY, seed=0, negatives=1)
+    counts = collections.Counter(c for b in one_each for c, y in zip(b.candidates, b.labels) if not y)
+    assert counts["i99"] > 10 * counts["i0"]  # drawn in proportion to popularity
+
+
+def test_a_popularity_model_looks_good_on_uniform_negatives_only():
+    stored = main_only(synthetic_baskets(200))
+    drawn = popularity_negatives(stored, POPULARITY, seed=0)
+    assert ranking_report(stored, popularity_scores(stored))["all"]["auc"] > 0.6  # 2/3 in expectation
+    assert abs(ranking_report(drawn, popularity_scores(drawn))["all"]["auc"] - 0.5) < 0.06
+
+
+@pytest.mark.parametrize("unit", ["basket", "customer"])
+def test_each_bootstrap_replicate_is_the_report_of_its_resample(unit):
+    baskets = synthetic_baskets(60, customers=12)
+    scores = popularity_scores(baskets) + np.random.default_rng(1).normal(0, 30, sum(len(b.candidates) for b in baskets))
+    scores[:5] = scores[5]  # some ties: half credit in GAUC
+    weights = resample_weights(baskets, n_resamples=4, seed=7, unit=unit)
+    replicates = bootstrap_replicates(baskets, scores, n_resamples=4, seed=7, unit=unit)
+    bounds = np.cumsum([0] + [len(b.candidates) for b in baskets])
+    for r in range(4):
+        chosen = [b for b in range(len(baskets)) for _ in range(int(weights[b, r]))]
+        resample = [baskets[b] for b in chosen]
+        report = ranking_report(resample, np.concatenate([scores[bounds[b] : bounds[b + 1]] for b in chosen]))
+        for name in ("all", "repeat", "new", "cold"):
+            for metric in ("ndcg@10", "hr@10", "mrr", "gauc"):
+                expected, got = report[name][metric], replicates[name][metric][r]
+                assert (np.isnan(expected) and np.isnan(got)) or got == pytest.approx(expected), (name, metric, r)
+
+
+def test_bootstrap_intervals_hold_the_estimate_and_paired_ones_tell_models_apart():
+    baskets = synthetic_baskets(120, customers=40)
+    perfect = np.array([y for b in baskets for y in b.labels], dtype=float)
+    noisy = popularity_scores(baskets)
+    intervals = bootstrap_intervals(baskets, noisy, n_resamples=200, seed=0)
+    report = ranking_report(baskets, noisy)
+    for metric in ("ndcg@10", "gauc"):
+        entry = intervals["all"][metric]
+        assert entry["estimate"] == report["all"][metric]
+        assert entry["low"] < entry["estimate"] < entry["high"]
+    better = paired_intervals(baskets, perfect, noisy, n_resamples=200, seed=0)
+    assert better["all"]["ndcg@10"]["low"] > 0 and better["all"]["gauc"]["low"] > 0
+    same = paired_intervals(baskets, noisy, noisy, n_resamples=50, seed=0)
+    assert same["all"]["gauc"] == {"estimate": 0.0, "low": 0.0, "high": 0.0}
