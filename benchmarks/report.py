@@ -195,9 +195,10 @@ def _yardstick(results: Mapping[str, Any]) -> list[str]:
         "",
         f"The request pool's pairs cut into {figures['batches']} batches by the server's scheduler (mean "
         f"{number(figures['mean_batch_size'])} pairs, {percent(figures['padding_ratio'])} padding), run in this "
-        f"process on `{figures['model_file']}` with {figures['threads']} threads: ONNX Runtime at its defaults, the "
-        f"server's session ({settings}), and that session fed one pair at a time. Server rows: its process CPU "
-        "over the pairs it scored (gRPC, batching and featurizing included).",
+        f"process on `{figures['model_file']}` with {figures['threads']} threads: ONNX Runtime at its defaults fed the "
+        f"padded batches, the server's session settings ({settings}) fed the same batches, and the way the server "
+        f"runs the CPU by default: each pair alone, single-threaded, {figures['threads']} at once. Server rows: its "
+        "process CPU over the pairs it scored (gRPC, batching and featurizing included).",
         "",
         *table(("way", "CPU ms per pair", "pairs/s", "passes"), rows),
     ]

@@ -8,8 +8,8 @@ into batches exactly as a server with a full queue cuts them, then merged
 into feeds with the server's `merge_feeds`. Those batches run, in this
 process and one after the other, through:
 
-- `default session`: `onnxruntime.InferenceSession(file)` with default
-  `SessionOptions` except the intra-op threads, set to the benchmark's
+- `default session`: a session with ONNX Runtime's default
+  `SessionOptions` (`SessionConfig.onnxruntime_defaults`) except the intra-op threads, set to the benchmark's
   (ONNX Runtime's own default on a box with that many cores) - what a
   server that leaves ONNX Runtime alone would run;
 - `serving session, batched`: the server's session settings
@@ -40,7 +40,7 @@ import psutil
 
 from edgerec.benchmarks.harness.requests import history_of
 from edgerec.core.featurize import Featurizer
-from edgerec.core.sessions import create_session
+from edgerec.core.sessions import SessionConfig, create_session
 from edgerec.core.signatures import CROSS_ENCODER
 from edgerec.proto import recommender_pb2
 from edgerec.runtime.config import BackendConfig, BatcherConfig
@@ -79,9 +79,7 @@ def rows_alone(feeds: Feeds) -> list[Feeds]:
 
 def default_session(path: Path, threads: int) -> ort.InferenceSession:
     """ONNX Runtime at its defaults, with `threads` intra-op threads, on the CPU."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    return create_session(path, SessionConfig(providers=("cpu",), intra_op_threads=threads, onnxruntime_defaults=True)).session
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,8 +147,9 @@ def measure(
     alone = [rows_alone(feeds) for feeds in batches]
     pool = ThreadPoolExecutor(threads)
 
-    def rows_at_once(feeds_list: Any) -> None:
-        list(pool.map(lambda feeds: single.session.run(names, feeds), feeds_list))
+    def rows_at_once(feeds_list: Any) -> None:  # as `runtime.model_version.Instance` shares a batch's rows
+        shares = (feeds_list[k::threads] for k in range(threads))
+        list(pool.map(lambda share: [single.session.run(names, feeds) for feeds in share], shares))
 
     rows = sum(len(feeds[CROSS_ENCODER.input_names[0]]) for feeds in batches)
     measured = [

@@ -366,6 +366,15 @@ def test_the_yardstick_runs_the_servers_own_batches_in_three_ways(tiny_bundle: P
     assert all(row[mask].all() and row[ids].shape[0] == 1 for row in alone)  # each row cut to its own length
     assert sum(row[mask].size for row in alone) == sum(int(b[mask].sum()) for b in batches)
 
+    default = yardstick.default_session(bundle.variant_path(CROSS_ENCODER.name, "fp32"), 1).get_session_options()
+    untouched = __import__("onnxruntime").SessionOptions()  # ONNX Runtime's defaults, but for the threads
+    assert (default.enable_cpu_mem_arena, default.enable_mem_pattern, default.graph_optimization_level) == (
+        untouched.enable_cpu_mem_arena, untouched.enable_mem_pattern, untouched.graph_optimization_level
+    )
+    assert default.intra_op_num_threads == 1
+    with pytest.raises(RuntimeError, match="allow_spinning"):  # spinning left at ONNX Runtime's default: never set
+        default.get_session_config_entry("session.intra_op.allow_spinning")
+
     figures = yardstick.measure(bundle.variant_path(CROSS_ENCODER.name, "fp32"), featurizer, requests, config, 1, 0.05)
     names = [way["name"] for way in figures["ways"]]
     assert names == [yardstick.DEFAULT_SESSION, yardstick.SERVING_SESSION, yardstick.ROWS_ALONE]

@@ -88,6 +88,9 @@ class SessionConfig:
     trt_profile: TensorRTProfile = TensorRTProfile()
     trt_fp16: bool = True
     log_severity_level: int = 3  # errors only: fallbacks are reported by the caller's own line
+    # True: every option at ONNX Runtime's own default except providers and intra_op_threads
+    # (the benchmark's yardstick: what a server that leaves ONNX Runtime alone runs).
+    onnxruntime_defaults: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,6 +153,9 @@ def tensorrt_options(signature: ModelSignature, config: SessionConfig, cache_dir
 def session_options(config: SessionConfig) -> ort.SessionOptions:
     """`ort.SessionOptions` for `config` (full graph optimization, threads, arena, spinning)."""
     options = ort.SessionOptions()
+    if config.onnxruntime_defaults:
+        options.intra_op_num_threads = config.intra_op_threads
+        return options
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = config.intra_op_threads
     options.inter_op_num_threads = config.inter_op_threads
