@@ -44,7 +44,7 @@ reliability: $(STAMP)
 	$(EDGEREC) reliability --bundle $(BUNDLE) --output-dir $(ARTIFACTS)/reliability
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 proto: $(STAMP)
 	$(PY) -m edgerec.proto.generate

@@ -193,7 +193,9 @@ def _yardstick(results: Mapping[str, Any]) -> list[str]:
     return [
         "### Serving-path cost: server CPU per pair vs in-process ONNX Runtime sessions",
         "",
-        f"The request pool's pairs cut into {figures['batches']} batches by the server's scheduler (mean "
+        f"Every {figures.get('stride', 1)}th of the pool's {figures.get('pool_requests')} requests "
+        f"({figures['requests']} requests, {number(figures.get('mean_pair_tokens'))} tokens per pair) cut into "
+        f"{figures['batches']} batches by the server's scheduler (mean "
         f"{number(figures['mean_batch_size'])} pairs, {percent(figures['padding_ratio'])} padding), run in this "
         f"process on `{figures['model_file']}` with {figures['threads']} threads: ONNX Runtime at its defaults fed the "
         f"padded batches, the server's session settings ({settings}) fed the same batches, and the way the server "

@@ -127,17 +127,16 @@ def measure(
 ) -> dict[str, Any]:
     """Each way of running the server's batches of `requests` through the model file at `path`.
 
-    The first requests of the pool holding at least `max_pairs` pairs are
-    used (a whole pool of real customers takes minutes per pass on 2
-    cores). `seconds`: time budget of each way, in whole passes, at least
-    `min_passes`; the three ways run one after the other in this process.
+    Every k-th request of the pool is used, k chosen so that about
+    `max_pairs` pairs remain (a whole pool of real customers takes minutes
+    per pass on 2 cores), so the sample's pair lengths follow the pool's
+    (`mean_pair_tokens` reports both). `seconds`: time budget of each way,
+    in whole passes, at least `min_passes`; the three ways run one after the
+    other in this process.
     """
-    taken, pairs = [], 0
-    for request in requests:
-        if pairs >= max_pairs:
-            break
-        taken.append(request)
-        pairs += len(request.candidates)
+    total = sum(len(request.candidates) for request in requests)
+    stride = max(1, total // max(1, max_pairs))
+    taken = list(requests[::stride])
     batches = server_batches(featurizer, taken, batcher)
     names = list(CROSS_ENCODER.output_names)
     default = default_session(path, threads)
@@ -163,6 +162,9 @@ def measure(
     return {
         "model_file": path.name,
         "requests": len(taken),
+        "pool_requests": len(requests),
+        "stride": stride,
+        "mean_pair_tokens": float(tokens.sum() / rows),
         "threads": threads,
         "batches": len(batches),
         "mean_batch_size": rows / len(batches),

@@ -150,7 +150,14 @@ def test_goals_are_reported_with_their_figures(results: dict) -> None:
         "int8 CPU speed-up with equal quality",
         "batching server vs offline runner",
         "batching on vs off",
+        "server CPU per pair vs default ONNX Runtime session",
+        "served int8 pairs/s",
     }
+    cost = goals["server CPU per pair vs default ONNX Runtime session"]["measured"]
+    assert {int(c) for c in cost["server_cpu_ms_per_pair"]} == set(results["settings"]["load"]["serving_cost_concurrencies"])
+    assert all(v > 0 for v in cost["server_cpu_ms_per_pair"].values()) and cost["default_session_cpu_ms_per_pair"] > 0
+    stick = results["yardstick"]
+    assert [w["name"] for w in stick["ways"]][0] == "default session" and stick["model_file"].startswith("model.")
     int8 = goals["int8 CPU speed-up with equal quality"]["measured"]
     assert int8["speedup"] > 0 and int8["int8_pairs_per_s"] > 0 and int8["reference_pairs_per_s"] > 0
     assert int8["auc_relative_change"] is not None
@@ -165,7 +172,8 @@ def test_goals_are_reported_with_their_figures(results: dict) -> None:
 
 def test_report_and_plots_are_written(quick_run: Path, results: dict) -> None:
     report = (quick_run / "REPORT.md").read_text()
-    for heading in ("## Goals", "## Runners", "## Physical limit", "## Offline grid", "## Server under load", "## Plots"):
+    for heading in ("## Goals", "## Runners", "## Physical limit", "## Offline grid", "## Server under load", "## Plots",
+                    "### Serving-path cost: server CPU per pair vs in-process ONNX Runtime sessions"):
         assert heading in report
     assert "GPU rows not run" in report or results["machine"]["gpu"]["present"]
     assert len(results["plots"]) == 3

@@ -383,6 +383,9 @@ def test_the_yardstick_runs_the_servers_own_batches_in_three_ways(tiny_bundle: P
         assert way["pairs"] == total * way["passes"] and way["passes"] >= 1
         assert way["cpu_ms_per_pair"] > 0 and way["pairs_per_s"] > 0
     assert figures["session_config"]["cpu_memory_arena"] is True
+    assert (figures["stride"], figures["requests"]) == (1, 6) and figures["mean_pair_tokens"] > 4
+    sampled = yardstick.measure(bundle.variant_path(CROSS_ENCODER.name, "fp32"), featurizer, requests, config, 1, 0.0, max_pairs=total // 3)
+    assert sampled["stride"] == 3 and sampled["requests"] == 2  # every 3rd request: pair lengths follow the pool's
 
 
 def test_serving_path_goals_compare_server_cpu_per_pair_with_the_default_session() -> None:
