@@ -151,7 +151,7 @@ def _score(request: recommender_pb2.ScoreRequest, token: str | None, scheme: str
 
 def access(bundle: Path, workdir: Path, config: ReliabilityConfig, item_ids: list[str]) -> Scenario:
     certs = make_certificates(workdir / "certificates")
-    token = secrets.token_urlsafe(24)
+    token = "tok" + secrets.token_urlsafe(24)  # never starts with "-", which the serve command line would read as a flag
     good = recommender_pb2.ScoreRequest(candidates=[recommender_pb2.Candidate(item_id=i) for i in item_ids[:4]])
     big_answer, limit = _echo_request()
     oversized = recommender_pb2.ScoreRequest(candidates=[recommender_pb2.Candidate(item_id=item_ids[0], text="x" * limit)])
