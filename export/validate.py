@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from edgerec.core.featurize import EncodedBatch, Featurizer
-from edgerec.core.sessions import SessionConfig, available_cpus, create_session
+from edgerec.core.sessions import RowRunner, SessionConfig, available_cpus, create_session, cut_rows
 from edgerec.core.settings import setting
 from edgerec.core.signatures import CROSS_ENCODER
 from edgerec.export.evaluate import ranking_report, score_baskets, torch_scorer
@@ -138,7 +137,7 @@ class OnnxScorer:
         config = cpu_session_config(1 if rows_alone else threads)
         self.session = create_session(self.path, config, CROSS_ENCODER).session
         self._outputs = list(CROSS_ENCODER.output_names)
-        self._pool = ThreadPoolExecutor(self.workers) if self.workers > 1 else None
+        self._rows = RowRunner(self._run, self.workers, "gate-rows")
 
     def _run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         return self.session.run(self._outputs, feeds)
@@ -148,11 +147,8 @@ class OnnxScorer:
         feeds = batch.as_feeds()
         if not self.rows_alone:
             probabilities, quantities = self._run(feeds)
-            return probabilities, quantities
-        lengths = batch.attention_mask.sum(axis=1)
-        rows = [{name: value[row : row + 1, : lengths[row]] for name, value in feeds.items()} for row in range(len(lengths))]
-        outputs = list(self._pool.map(self._run, rows)) if self._pool else [self._run(row) for row in rows]
-        probabilities, quantities = (np.concatenate(column) for column in zip(*outputs))
+        else:
+            probabilities, quantities = self._rows(cut_rows(feeds, CROSS_ENCODER.input_names[1]))
         return probabilities, quantities
 
 

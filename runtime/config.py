@@ -77,6 +77,11 @@ class BatcherConfig:
     max_batch_size: int = setting(32, "most pairs in one batch; 1 turns batching off")
     max_batch_tokens: int = setting(4096, "token budget of one batch: pairs x longest pair (padding included)")
     max_queue_delay_ms: float = setting(2.0, "longest an idle worker waits for a batch to fill before running a partial one")
+    max_queue_wait_ms: float = setting(
+        5000.0,
+        "admission bound in time: a request is refused (RESOURCE_EXHAUSTED) when the pairs admitted ahead of it "
+        "would take longer than this to score at the measured service rate; 0: off (count bounds only)",
+    )
     max_queue_pairs: int = setting(8192, "admission bound: pairs admitted and not yet scored; beyond it RESOURCE_EXHAUSTED")
     max_queue_requests: int = setting(1024, "admission bound: requests admitted and not yet answered")
     length_bucket_width: int = setting(16, "pairs are grouped by length in buckets this many tokens wide; 0: no grouping")
@@ -154,6 +159,8 @@ class Config:
             problems.append("max_batch_size must be >= 1")
         if self.batcher.max_queue_delay_ms < 0:
             problems.append("max_queue_delay_ms must be >= 0")
+        if self.batcher.max_queue_wait_ms < 0:
+            problems.append("max_queue_wait_ms must be >= 0 (0: off)")
         if self.batcher.max_queue_pairs < self.server.max_candidates:
             problems.append("max_queue_pairs must be >= max_candidates, or a full request could never be admitted")
         if self.batcher.max_queue_requests < 1:

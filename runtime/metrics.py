@@ -78,6 +78,12 @@ class Metrics:
         self.pairs = Counter("edgerec_pairs_scored", "pairs run through a backend", registry=r)
         self.queue_depth = Gauge("edgerec_queue_depth_pairs", "pairs waiting for a batch", registry=r)
         self.queue_requests = Gauge("edgerec_queue_requests", "requests admitted and not yet answered", registry=r)
+        self.service_rate = Gauge(
+            "edgerec_service_rate_pairs_per_second",
+            "measured pairs scored per second of compute (moving average over recent batches); admission's "
+            "estimated wait is the pairs admitted / this",
+            registry=r,
+        )
         self.dropped_requests = Counter(
             "edgerec_dropped_requests",
             "requests that left the queue (deadline passed, caller cancelled) with pairs never computed",

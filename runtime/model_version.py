@@ -29,7 +29,6 @@ import asyncio
 import logging
 import shutil
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -39,6 +38,7 @@ import numpy as np
 from edgerec.core.bundle import VOCAB_SIZE, Bundle, open_bundle
 from edgerec.core.errors import EdgeRecError, ErrorCode
 from edgerec.core.featurize import Featurizer, FeaturizerConfig
+from edgerec.core.sessions import RowRunner
 from edgerec.core.settings import from_jsonable
 from edgerec.core.signatures import CROSS_ENCODER, SIGNATURES, ModelSignature
 from edgerec.runtime.backends.base import Backend
@@ -109,11 +109,10 @@ class Instance:
     def __init__(self, backend: Backend, config: BatcherConfig, metrics: Metrics, name: str) -> None:
         self.backend = backend
         self._output_names = backend.signature.output_names
-        self._rows: ThreadPoolExecutor | None = None
+        self._rows: RowRunner | None = None
         if backend.rows_alone:
-            if backend.row_workers > 1:
-                self._rows = ThreadPoolExecutor(backend.row_workers, thread_name_prefix=f"{name}-rows")
-            self.batcher = Batcher(config, split_feeds, self._execute_rows, metrics, name, padded=False)
+            self._rows = RowRunner(self._execute, backend.row_workers, f"{name}-rows")
+            self.batcher = Batcher(config, split_feeds, self._rows, metrics, name, padded=False)
         else:
             self.batcher = Batcher(config, merge_feeds, self._execute, metrics, name)
 
@@ -125,27 +124,10 @@ class Instance:
         outputs = self.backend.execute(feeds)
         return tuple(outputs[name] for name in self._output_names)
 
-    def _execute_rows(self, rows: Sequence[dict[str, np.ndarray]]) -> tuple[np.ndarray, ...]:
-        """Each row alone; with several row threads, thread k runs rows k, k + n, k + 2n, ... (rows come
-        sorted by length within their segments, so the shares cost about the same), one hand-off per
-        thread and batch rather than per row."""
-        if self._rows is None or len(rows) == 1:
-            outputs = [self._execute(feeds) for feeds in rows]
-        else:
-            workers = min(self.backend.row_workers, len(rows))
-            shares = list(self._rows.map(self._execute_share, (rows[k::workers] for k in range(workers))))
-            outputs = [None] * len(rows)
-            for k, share in enumerate(shares):  # the first failure was raised by map
-                outputs[k::workers] = share
-        return tuple(np.concatenate(column) for column in zip(*outputs))
-
-    def _execute_share(self, rows: Sequence[dict[str, np.ndarray]]) -> list[tuple[np.ndarray, ...]]:
-        return [self._execute(feeds) for feeds in rows]
-
     def close(self) -> None:
         """Stop the row threads (after the batcher has drained) and free the backend."""
         if self._rows is not None:
-            self._rows.shutdown(wait=True)
+            self._rows.close()
         self.backend.finalize()
 
     async def submit(self, rows: Rows, lengths: np.ndarray, timeout: float | None = None) -> tuple[np.ndarray, ...]:

@@ -21,6 +21,7 @@ port) works.
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -96,6 +97,7 @@ class ServerProcess:
         self.port_file = self._scratch / "ports.json"
         self.log_path = self._scratch / "server.log"
         self.ports: dict | None = None
+        self._final_log: str | None = None  # the log, kept once the scratch folder is removed
         command = [sys.executable, "-m", "edgerec.cli", "serve", *args, "--port-file", str(self.port_file)]
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -128,6 +130,9 @@ class ServerProcess:
         return f"{host}:{self.port}"
 
     def log(self) -> str:
+        """Everything the server printed (also after `close`, which removes the file)."""
+        if self._final_log is not None:
+            return self._final_log
         return self.log_path.read_text(errors="replace")
 
     def reload(self) -> None:
@@ -151,7 +156,14 @@ class ServerProcess:
     def __enter__(self) -> "ServerProcess":
         return self
 
-    def __exit__(self, *exc_info) -> None:
+    def close(self) -> None:
+        """Kill the process if it still runs, keep its log in memory and remove the scratch folder."""
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+        if self._final_log is None:
+            self._final_log = self.log() if self.log_path.exists() else ""
+        shutil.rmtree(self._scratch, ignore_errors=True)
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()

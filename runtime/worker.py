@@ -297,6 +297,7 @@ class Worker:
             self.metrics.observe_batch(
                 batch.rows, batch.real_tokens, batch.rows * batch.width if self.padded else batch.real_tokens, seconds
             )
+            self.admission.observe_batch(batch.rows, seconds)
             self._scatter(batch, outputs)
 
     def _scatter(self, batch: Batch, outputs: Outputs) -> None:

@@ -142,10 +142,10 @@ def test_rows_alone_give_each_row_the_score_it_gets_alone_whatever_its_batch_mat
     backend = backend_for(tiny_bundle, BackendConfig(providers=("cpu",), intra_op_threads=2))  # int8-dynamic
     instance = Instance(backend, make_config(tiny_bundle).batcher, Metrics(), "t")
     try:
-        alone = instance._execute_rows(split_feeds([seg(short, [0])]))
+        alone = instance._rows(split_feeds([seg(short, [0])]))
         mixed = [seg(long, [0, 1, 2]), seg(short, [0]), seg(long, [3, 4, 5, 6])]
         assert [len(f[CROSS_ENCODER.input_names[0]][0]) for f in split_feeds(mixed)][3] == short.lengths[0]  # no padding
-        among = instance._execute_rows(split_feeds(mixed))
+        among = instance._rows(split_feeds(mixed))
         assert all(out.shape == (8,) for out in among)
         assert among[0][3] == alone[0][0] and among[1][3] == alone[1][0]  # bit-identical
         batched = backend.execute(merge_feeds(mixed))[CROSS_ENCODER.output_names[0]]
@@ -195,3 +195,35 @@ def test_a_bundle_without_a_cross_encoder_is_refused_and_unknown_models_are_skip
     _with_manifest(tiny_bundle, tmp_path / "extra", add_unknown)
     version = ModelVersion.load(tmp_path / "extra", make_config(tmp_path / "extra", warm_up=False), Metrics())
     assert list(version.instances) == [CROSS_ENCODER.name]
+
+
+def test_the_row_runner_keeps_row_order_and_cut_rows_drop_each_rows_padding():
+    from edgerec.core.sessions import RowRunner, cut_rows
+
+    mask = np.array([[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0], [1, 1, 1, 0], [0, 0, 0, 0]])
+    feeds = {"input_ids": np.arange(20).reshape(5, 4), "attention_mask": mask}
+    rows = cut_rows(feeds, "attention_mask")
+    assert [row["input_ids"].shape for row in rows] == [(1, 2), (1, 4), (1, 1), (1, 3), (1, 4)]
+    assert rows[3]["input_ids"].tolist() == [[12, 13, 14]]
+
+    seen_threads = set()
+
+    def run(row):
+        import threading
+
+        seen_threads.add(threading.current_thread().name)
+        return row["input_ids"][:, 0].astype(np.float32), np.array([row["input_ids"].shape[1]])
+
+    runner = RowRunner(run, workers=2, name="test-rows")
+    try:
+        first, widths = runner(rows)
+        assert first.tolist() == [0, 4, 8, 12, 16] and widths.tolist() == [2, 4, 1, 3, 4]
+        assert {name.split("_")[0] for name in seen_threads} == {"test-rows"}
+
+        def fail(row):
+            raise RuntimeError("row failed")
+
+        with pytest.raises(RuntimeError, match="row failed"):
+            RowRunner(fail, workers=2)(rows)
+    finally:
+        runner.close()

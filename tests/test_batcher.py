@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-from edgerec.runtime.admission import Admission
+from edgerec.runtime.admission import Admission, ServiceRate
 from edgerec.runtime.batcher import Batcher
 from edgerec.runtime.config import BatcherConfig
 from edgerec.core.errors import EdgeRecError, ErrorCode
@@ -372,6 +372,68 @@ def test_admission_refuses_beyond_the_pair_and_request_bounds_and_released_permi
     admission.release(pairs=4, requests=2)
     admission.admit(4, None)
     assert (admission.pairs, admission.requests) == (4, 1)
+
+
+def test_service_rate_weighs_batches_by_size_and_follows_recent_ones():
+    rate = ServiceRate(decay=0.5)
+    assert rate.pairs_per_s is None and rate.seconds_for(10) is None  # nothing measured yet
+    rate.observe(100, 1.0)
+    rate.observe(0, 1.0)  # empty or untimed batches carry no information
+    rate.observe(10, 0.0)
+    assert rate.pairs_per_s == pytest.approx(100.0)
+    rate.observe(300, 1.0)  # (100 x 0.5 + 300) / (1 x 0.5 + 1)
+    assert rate.pairs_per_s == pytest.approx(350 / 1.5)
+    assert rate.seconds_for(700) == pytest.approx(3.0)
+
+
+def test_admission_refuses_a_request_whose_estimated_wait_exceeds_the_bound():
+    metrics = Metrics()
+    admission = opened(config(max_queue_wait_ms=1000), metrics)
+    admission.admit(500, None)  # nothing measured yet: only the count bounds apply
+    admission.release(pairs=500, requests=1)
+    admission.observe_batch(100, 1.0)  # 100 pairs/s
+    assert metrics.value("edgerec_service_rate_pairs_per_second") == pytest.approx(100.0)
+    admission.admit(250, None)  # nothing ahead: a request alone is never refused for time
+    admission.release(pairs=150)  # 100 pairs ahead = 1.0 s, at the bound
+    admission.admit(60, None)
+    with pytest.raises(EdgeRecError) as refused:
+        admission.admit(1, None)  # 160 pairs ahead = 1.6 s
+    assert refused.value.code is ErrorCode.RESOURCE_EXHAUSTED
+    assert "estimated wait 1600 ms" in refused.value.message and "max_queue_wait_ms 1000" in refused.value.message
+    assert (admission.pairs, admission.requests) == (160, 2)  # the refusal took nothing
+    assert admission.estimated_wait_s() == pytest.approx(1.6)
+
+    off = opened(config(max_queue_wait_ms=0))
+    off.observe_batch(1, 10.0)
+    off.admit(500, None)
+    off.admit(500, None)  # 5,000 s ahead, but the time bound is off
+    assert off.pairs == 1000
+
+
+def test_the_worker_feeds_admission_its_measured_service_rate_and_overload_in_time_is_refused():
+    async def main():
+        backend = FakeBackend()
+        batcher = await started(config(max_queue_wait_ms=500), backend)
+        await batcher.submit(np.arange(4.0), np.full(4, 8))
+        measured = batcher.admission.service_rate.pairs_per_s
+        batcher.admission.service_rate = ServiceRate()  # a slow model: 10 pairs/s
+        batcher.admission.service_rate.observe(10, 1.0)
+        backend.gate.clear()
+        first = asyncio.create_task(batcher.submit(np.arange(4.0), np.full(4, 8)))  # 0.0 s ahead
+        await eventually(backend.running.is_set)
+        second = asyncio.create_task(batcher.submit(np.arange(2.0), np.full(2, 8)))  # 4 pairs = 0.4 s ahead
+        await eventually(lambda: batcher.admitted_pairs == 6)
+        with pytest.raises(EdgeRecError) as refused:
+            await batcher.submit(np.array([1.0]), np.array([8]))  # 6 pairs = 0.6 s ahead
+        backend.gate.set()
+        answered = await asyncio.gather(first, second)
+        await batcher.drain()
+        return measured, refused.value, answered
+
+    measured, refused, answered = run(main())
+    assert measured is not None and measured > 0
+    assert refused.code is ErrorCode.RESOURCE_EXHAUSTED and "estimated wait 600 ms" in refused.message
+    assert [len(outputs[0]) for outputs in answered] == [4, 2]
 
 
 def test_admission_refuses_before_it_opens_and_once_it_drains():

@@ -1,9 +1,11 @@
 """Deployment: the runtime-only install serves a bundle, and deploy/'s files work as written.
 
-The slow test builds a fresh virtual environment with `pip install '<project>[runtime]'`
-(a normal install from a copy of this project's files, packages from the registry),
-checks that no training or CUDA stack came with it, and serves a tiny bundle archive
-from it end to end. The others run deploy/'s scripts, config and unit file as a box would.
+The slow test takes the runtime-only install `make test` builds (`.venv-runtime`, named by
+`TESTS_RUNTIME_VENV`, where make has already run the server's tests), or else builds a
+fresh one with `pip install '<project>[runtime]'` from a copy of this project's files and
+runs the server's tests there itself. It checks that no training or CUDA stack came with
+the install and serves a tiny bundle archive from it end to end. The others run deploy/'s
+scripts, config and unit file as a box would.
 """
 
 from __future__ import annotations
@@ -38,11 +40,13 @@ REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
 EXAMPLE_CONFIG = DEPLOY / "edgerec.example.toml"
 # The runtime's own tests: they need no torch, onnx or training data (tests/data/tiny_model/ is
-# committed), so they must pass in the runtime-only install, plus pytest.
+# committed), so they must pass in the runtime-only install, plus pytest. `make test` runs the
+# Makefile's RUNTIME_TESTS there; this list must stay the same (a test below checks).
 RUNTIME_TESTS = (
     "test_batcher.py", "test_scheduler.py", "test_backend.py", "test_config.py", "test_featurize.py",
     "test_server.py", "test_server_security.py", "test_status.py",
 )
+RUNTIME_VENV_ENV = "TESTS_RUNTIME_VENV"  # set by `make test`: the runtime-only venv it built and tested
 TRAINING_OR_CUDA = re.compile(r"^(torch|torchvision|transformers|optimum|tensorrt|onnxruntime-gpu|nvidia-.*)$")
 FAST_RECONNECT = [("grpc.initial_reconnect_backoff_ms", 50), ("grpc.max_reconnect_backoff_ms", 100)]
 
@@ -114,15 +118,19 @@ def run(command: list, timeout: float, **kwargs) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_runtime_only_install_serves_a_bundle_archive_without_torch(tiny_bundle, tiny_bundle_archive, tmp_path):
-    venv = tmp_path / "venv"
+    built_by_make = os.environ.get(RUNTIME_VENV_ENV)
+    venv = (REPO / built_by_make) if built_by_make else tmp_path / "venv"
     python, edgerec = venv / "bin" / "python", venv / "bin" / "edgerec"
     env = clean_env(PIP_DISABLE_PIP_VERSION_CHECK="1")
     try:
-        source = copy_project(tmp_path / "project")
-        assert run([sys.executable, "-m", "venv", venv], 120).returncode == 0
-        # Wheels only: an edge box compiles nothing (the project itself is still built from source).
-        install = run([python, "-m", "pip", "install", "--quiet", "--no-input", "--only-binary=:all:", f"{source}[runtime]"], 480, env=env)
-        assert install.returncode == 0, install.stdout[-3000:] + install.stderr[-3000:]
+        if built_by_make:
+            assert python.is_file(), f"{RUNTIME_VENV_ENV}={built_by_make} names no virtual environment"
+        else:
+            source = copy_project(tmp_path / "project")
+            assert run([sys.executable, "-m", "venv", venv], 120).returncode == 0
+            # Wheels only: an edge box compiles nothing (the project itself is still built from source).
+            install = run([python, "-m", "pip", "install", "--quiet", "--no-input", "--only-binary=:all:", f"{source}[runtime]"], 480, env=env)
+            assert install.returncode == 0, install.stdout[-3000:] + install.stderr[-3000:]
 
         listed = run([python, "-m", "pip", "list", "--format=json"], 60, env=env)
         installed = {package["name"].lower().replace("_", "-") for package in json.loads(listed.stdout)}
@@ -158,16 +166,17 @@ def test_runtime_only_install_serves_a_bundle_archive_without_torch(tiny_bundle,
         text = log.read_text()
         assert "runs on CPUExecutionProvider" in text and "stopped" in text
 
-        # The runtime's tests, run against the installed copy (not the working tree) with no torch.
-        tools = run([python, "-m", "pip", "install", "--quiet", "--no-input", "pytest>=8", "pytest-timeout>=2.3"], 300, env=env)
-        assert tools.returncode == 0, tools.stdout[-2000:] + tools.stderr[-2000:]
-        tests = run(
-            [venv / "bin" / "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", REPO, "-c", REPO / "pyproject.toml",
-             *(REPO / "tests" / name for name in RUNTIME_TESTS)],
-            420, env=env, cwd=tmp_path,
-        )
-        assert tests.returncode == 0, tests.stdout[-4000:] + tests.stderr[-2000:]
-        assert " passed" in tests.stdout and " failed" not in tests.stdout, tests.stdout[-2000:]
+        if not built_by_make:  # `make test` ran these there already
+            # The runtime's tests, run against the installed copy (not the working tree) with no torch.
+            tools = run([python, "-m", "pip", "install", "--quiet", "--no-input", "pytest>=8", "pytest-timeout>=2.3"], 300, env=env)
+            assert tools.returncode == 0, tools.stdout[-2000:] + tools.stderr[-2000:]
+            tests = run(
+                [venv / "bin" / "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", REPO, "-c", REPO / "pyproject.toml",
+                 *(REPO / "tests" / name for name in RUNTIME_TESTS)],
+                420, env=env, cwd=tmp_path,
+            )
+            assert tests.returncode == 0, tests.stdout[-4000:] + tests.stderr[-2000:]
+            assert " passed" in tests.stdout and " failed" not in tests.stdout, tests.stdout[-2000:]
         imported = run([python, "-c", "import edgerec.runtime.server, sys; print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'onnx')))"], 60, env=env, cwd=tmp_path)
         assert imported.stdout.strip() == "[]", imported
 
@@ -178,7 +187,17 @@ def test_runtime_only_install_serves_a_bundle_archive_without_torch(tiny_bundle,
         assert report["install"]["training_stack_importable"] == [] and report["install"]["nvidia_packages"] == []
         assert report["install"]["prefix"] == str(venv)
     finally:
-        shutil.rmtree(venv, ignore_errors=True)  # a few hundred MB; pytest keeps old tmp folders
+        if not built_by_make:
+            shutil.rmtree(venv, ignore_errors=True)  # a few hundred MB; pytest keeps old tmp folders
+
+
+def test_make_runs_the_same_runtime_tests_in_the_runtime_only_install():
+    makefile = (REPO / "Makefile").read_text()
+    listed = re.search(r"^RUNTIME_TESTS\s*:=((?:.*\\\n)*.*)$", makefile, re.MULTILINE)
+    assert listed, "the Makefile lists the runtime tests in RUNTIME_TESTS"
+    in_make = re.findall(r"tests/(test_\w+\.py)", listed.group(1))
+    assert sorted(in_make) == sorted(RUNTIME_TESTS)
+    assert all((REPO / "tests" / name).is_file() for name in RUNTIME_TESTS)
 
 
 def test_measure_footprint_reports_install_start_and_memory(tiny_bundle_archive, tmp_path):

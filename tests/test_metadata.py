@@ -23,6 +23,9 @@ from server_helpers import catalog_ids, make_config, score_request
 
 REPO = Path(__file__).resolve().parents[1]
 TRIES = 20
+# A refusal costs gRPC ~150 ms (it resets the stream); gRPC's random soft-limit refusals were ~50 % likely in
+# the sizes probed, so 8 refusals in a row would miss them with probability < 0.5 %.
+REFUSED_TRIES = 8
 HEADROOM = 1024  # documented: the largest token is max_metadata_bytes minus this
 DEFAULT_LIMIT = ServerConfig().max_metadata_bytes
 LARGEST_TOKEN = DEFAULT_LIMIT - HEADROOM
@@ -32,10 +35,10 @@ def token(size: int) -> str:
     return "t" * size
 
 
-def outcomes(call, metadata) -> collections.Counter:
-    """`call(metadata)` TRIES times: how often each code came back."""
+def outcomes(call, metadata, tries: int = TRIES) -> collections.Counter:
+    """`call(metadata)` `tries` times: how often each code came back."""
     seen: collections.Counter = collections.Counter()
-    for _ in range(TRIES):
+    for _ in range(tries):
         try:
             call(metadata)
             seen["OK"] += 1
@@ -85,8 +88,8 @@ def test_a_token_well_over_the_limit_is_refused_every_time_with_resource_exhaust
     channel, by_name = calls(handle, tiny_bundle)
     with channel:
         for name, call in by_name.items():
-            seen = outcomes(call, [("authorization", f"Bearer {token(limit + HEADROOM)}")])
-            assert seen == {"RESOURCE_EXHAUSTED": TRIES}, (name, seen)
+            seen = outcomes(call, [("authorization", f"Bearer {token(limit + HEADROOM)}")], REFUSED_TRIES)
+            assert seen == {"RESOURCE_EXHAUSTED": REFUSED_TRIES}, (name, seen)
 
 
 def test_the_largest_token_is_documented_in_the_setting_the_readme_and_the_example_config():

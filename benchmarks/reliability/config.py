@@ -46,6 +46,11 @@ class ReliabilityConfig(LoadTestConfig):
     capacity_concurrency: int = setting(8, "requests in flight while capacity is measured")
     soak_fraction: float = setting(0.7, "soak load as a fraction of capacity (open loop)")
     soak_s: float = setting(120.0, "soak duration")
+    soak_max_refused_fraction: float = setting(
+        0.05,
+        "soak passes if at most this share of its requests is refused at once (RESOURCE_EXHAUSTED: a Poisson "
+        "burst queued more than the server's max_queue_wait_ms); nothing may be lost",
+    )
     soak_memory_growth_mb: float = setting(
         24.0, "soak passes if resident memory grows at most this much from its first to its last fifth"
     )

@@ -56,7 +56,8 @@ def _burst(workload: RequestPool, served: Config, config: ReliabilityConfig) -> 
 
 def sigterm_under_load(bundle: Path, config: ReliabilityConfig, workload: RequestPool, served: Config) -> Scenario:
     """Admitted requests at SIGTERM are all answered; later ones are refused; exit code 0."""
-    before_signal = Tally()
+    # The burst may exceed admission's time bound: what it refuses at once (RESOURCE_EXHAUSTED) was never admitted.
+    before_signal = Tally(refusal_codes=frozenset({"RESOURCE_EXHAUSTED"}))
     # A call that reaches the server in the instant grpc begins its shutdown is cancelled by grpc itself
     # (CANCELLED, before any handler runs): refused too, if with a less helpful code than UNAVAILABLE.
     after_signal = Tally(refusal_codes=frozenset({"UNAVAILABLE", "CANCELLED"}))
@@ -111,9 +112,9 @@ def sigterm_under_load(bundle: Path, config: ReliabilityConfig, workload: Reques
     checks = [
         Check(
             "every admitted request answered",
-            before_signal.lost == 0 and before_signal.answered == before_signal.sent,
-            f"{before_signal.answered} of {before_signal.sent} sent before the signal answered "
-            f"({dict(before_signal.unexpected)})",
+            before_signal.lost == 0 and before_signal.answered >= 1,
+            f"{before_signal.answered} of {before_signal.sent} sent before the signal answered, "
+            f"{dict(before_signal.refused)} refused at admission ({dict(before_signal.unexpected)})",
         ),
         Check("under load at the signal", facts.get("held_at_signal", 0) >= 1, f"{facts.get('held_at_signal')} requests held"),
         Check(
@@ -142,6 +143,9 @@ def abandoned(
     per_blocker = min(served.server.max_candidates, 256)
     victims = config.abandoned_requests
     backlog_pairs = min(served.batcher.max_queue_pairs - victims, max(capacity.pairs_per_s, 4 * per_blocker))
+    if served.batcher.max_queue_wait_ms > 0:  # victims must be admitted behind the backlog: half the time bound
+        backlog_pairs = min(backlog_pairs, max(1, served.batcher.max_queue_wait_ms / 2000.0 * capacity.pairs_per_s))
+        per_blocker = max(1, min(per_blocker, int(backlog_pairs)))
     blockers = max(1, min(int(backlog_pairs // per_blocker), served.batcher.max_queue_requests - victims))
     backlog_s = blockers * per_blocker / capacity.pairs_per_s
     blocking, giving_up = Tally(), Tally(refusal_codes=frozenset({"DEADLINE_EXCEEDED", "CANCELLED"}))

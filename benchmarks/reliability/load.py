@@ -109,9 +109,14 @@ def soak(
     config: ReliabilityConfig,
     progress: Progress | None = None,
 ) -> Scenario:
-    """Open loop at `soak_fraction` of capacity for `soak_s`: no error, no memory growth."""
+    """Open loop at `soak_fraction` of capacity for `soak_s`: nothing lost, few refusals, no memory growth.
+
+    Poisson arrivals at 70 % of capacity still bring bursts whose queue exceeds admission's time bound
+    (`max_queue_wait_ms`) now and then; those requests are refused at once (RESOURCE_EXHAUSTED) by
+    design, so the soak counts them as refusals and bounds their share (`soak_max_refused_fraction`).
+    """
     rate = config.soak_fraction * capacity.requests_per_s
-    tally = Tally()
+    tally = Tally(refusal_codes=frozenset({"RESOURCE_EXHAUSTED"}))
     started = time.perf_counter()
     achieved = _run_open_loop(server, workload, rate, config.soak_s, tally, config, progress)
     stopped = time.perf_counter()
@@ -125,6 +130,7 @@ def soak(
         "offered_requests_per_s": rate,
         "achieved_requests_per_s": achieved,
         "fraction_of_capacity": config.soak_fraction,
+        "refused_fraction": sum(tally.refused.values()) / tally.sent if tally.sent else 0.0,
         "rss_first_fifth_mb": float(np.median(first)) if first.size else None,
         "rss_last_fifth_mb": float(np.median(last)) if last.size else None,
         "rss_growth_mb": growth,
@@ -136,7 +142,12 @@ def soak(
     }
     checks = [
         Check("nothing lost", tally.lost == 0, f"lost {tally.lost} of {tally.sent} ({dict(tally.unexpected)})"),
-        Check("no error", not tally.refused and not tally.unexpected, f"refused {dict(tally.refused)}"),
+        Check(
+            "few refusals",
+            sum(tally.refused.values()) <= config.soak_max_refused_fraction * tally.sent and not tally.unexpected,
+            f"refused {dict(tally.refused)} of {tally.sent} at once by admission's time bound (at most "
+            f"{config.soak_max_refused_fraction:.0%}); other errors {dict(tally.unexpected)}",
+        ),
         Check(
             "memory flat",
             growth <= config.soak_memory_growth_mb,
@@ -156,8 +167,12 @@ def overload(
     progress: Progress | None = None,
 ) -> Scenario:
     """Open loop at `overload_factor` x capacity: up, bounded, refusing the excess at once, never INTERNAL."""
-    # what the admission bound lets wait at most: the pair bound, or the request bound of the largest requests
-    queue_bound_pairs = min(served.batcher.max_queue_pairs, served.batcher.max_queue_requests * max(workload.pairs))
+    # what admission lets wait at most: the pairs of its time bound at capacity, the pair bound, or the
+    # request bound of the largest requests, whichever is least
+    bounds = [served.batcher.max_queue_pairs, served.batcher.max_queue_requests * max(workload.pairs)]
+    if served.batcher.max_queue_wait_ms > 0:
+        bounds.append(int(served.batcher.max_queue_wait_ms / 1000.0 * capacity.pairs_per_s) + max(workload.pairs))
+    queue_bound_pairs = min(bounds)
     rate = config.overload_factor * capacity.requests_per_s
     tally = Tally(refusal_codes=frozenset({"RESOURCE_EXHAUSTED"}))
     started = time.perf_counter()

@@ -116,7 +116,8 @@ def _details(scenario: dict) -> list[str]:
                 f"Resident memory: {number(f['rss_first_fifth_mb'], 1)} MiB in the first fifth, "
                 f"{number(f['rss_last_fifth_mb'], 1)} MiB in the last ({f['rss_growth_mb_per_min']:+.2f} MiB/min); "
                 f"after the first fifth, trend {number(f.get('rss_trend_mb_per_min'), 2)} MiB/min with samples "
-                f"{number(f.get('rss_noise_mb'), 2)} MiB (standard deviation) around it."
+                f"{number(f.get('rss_noise_mb'), 2)} MiB (standard deviation) around it. "
+                f"Refused at once by admission's time bound: {f.get('refused_fraction', 0.0):.1%}."
             )
         else:
             lines.append(

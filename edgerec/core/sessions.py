@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -230,3 +232,55 @@ def dummy_feeds(
         value = fill.get(spec.name, 0) if isinstance(fill, dict) else fill
         feeds[spec.name] = np.full(shape, value, dtype=spec.numpy_dtype)
     return feeds
+
+
+Feeds = dict[str, np.ndarray]
+
+
+def cut_rows(feeds: Feeds, mask_name: str) -> list[Feeds]:
+    """Each row of a padded batch as a batch of one, cut after its last attended token.
+
+    `feeds`: arrays of shape [rows, sequence] sharing the attention mask `mask_name`; each row
+    keeps columns up to its mask's last non-zero, so a row's input never depends on the batch's
+    longest (a row with no attended token, which the server refuses, keeps every column).
+    """
+    mask = feeds[mask_name]
+    lengths = mask.shape[1] - np.argmax(mask[:, ::-1] != 0, axis=1)
+    return [{name: values[row : row + 1, : lengths[row]] for name, values in feeds.items()} for row in range(len(mask))]
+
+
+class RowRunner:
+    """Runs the rows of a batch as separate calls, `workers` at once (the server's CPU execution).
+
+    `run(feeds)` scores one row and returns its outputs (arrays whose first
+    axis is 1). With n workers, thread k runs rows k, k + n, k + 2n, ...: one
+    hand-off per thread and batch rather than per row (rows sorted by length
+    within a batch give each thread about the same cost). The server's
+    instances, the validation gate and the benchmark's yardstick all run rows
+    alone through this class, so they time and score the same way.
+    """
+
+    def __init__(self, run: Callable[[Feeds], Sequence[np.ndarray]], workers: int, name: str = "rows") -> None:
+        self._run = run
+        self.workers = max(1, int(workers))
+        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix=name) if self.workers > 1 else None
+
+    def __call__(self, rows: Sequence[Feeds]) -> tuple[np.ndarray, ...]:
+        """Outputs of every row, concatenated in row order (first axis: rows). Raises what `run` raised first."""
+        if self._pool is None or len(rows) == 1:
+            outputs = [self._run(feeds) for feeds in rows]
+        else:
+            workers = min(self.workers, len(rows))
+            shares = list(self._pool.map(self._run_share, (rows[k::workers] for k in range(workers))))
+            outputs = [None] * len(rows)
+            for k, share in enumerate(shares):
+                outputs[k::workers] = share
+        return tuple(np.concatenate(column) for column in zip(*outputs))
+
+    def _run_share(self, rows: Sequence[Feeds]) -> list[Sequence[np.ndarray]]:
+        return [self._run(feeds) for feeds in rows]
+
+    def close(self) -> None:
+        """Stop the threads (waiting for a running batch)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
