@@ -60,6 +60,20 @@ SIMILARITY_FEATURES = 2  # max cosine to a past item, cosine to the pooled user 
 # -- the item tower ---------------------------------------------------------------------------------------
 
 
+def encode_item_texts(featurizer: Featurizer, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The item tower's input: `[CLS] text [SEP]` ids (int64 [n, T], right-padded with [PAD]) and attention
+    mask (int64 [n, T]); one code path for PyTorch and the exported tower (`ranker_onnx.catalog_embeddings`)."""
+    f = featurizer
+    rows = [(f.cls_id, *tokens, f.sep_id) for tokens in f.encode_texts(list(texts))]
+    width = max((len(r) for r in rows), default=2)
+    ids = np.full((len(rows), width), f.pad_id, dtype=np.int64)
+    mask = np.zeros((len(rows), width), dtype=np.int64)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = row
+        mask[i, : len(row)] = 1
+    return ids, mask
+
+
 class ItemTower(nn.Module):
     """BERT encoder (first L layers) mean-pooled over an item text's tokens -> one embedding per item."""
 
@@ -98,7 +112,9 @@ class ItemTower(nn.Module):
         from edgerec.export.model import pretrained_path, tiny_config
 
         torch.manual_seed(seed)
-        encoder = BertModel(tiny_config(layers=layers, hidden=hidden), add_pooling_layer=False)
+        config = tiny_config(layers=layers, hidden=hidden)
+        config._attn_implementation = "eager"  # as `pretrained`: a graph ONNX Runtime's optimizer fuses
+        encoder = BertModel(config, add_pooling_layer=False)
         return cls(encoder.eval(), Featurizer.from_files(pretrained_path() / "tokenizer.json", FeaturizerConfig()))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -108,16 +124,8 @@ class ItemTower(nn.Module):
         return (states * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
 
     def encode(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """`[CLS] text [SEP]` ids (int64 [n, T], right-padded with [PAD]) and attention mask (int64 [n, T])."""
-        f = self.featurizer
-        rows = [(f.cls_id, *tokens, f.sep_id) for tokens in f.encode_texts(list(texts))]
-        width = max((len(r) for r in rows), default=2)
-        ids = np.full((len(rows), width), f.pad_id, dtype=np.int64)
-        mask = np.zeros((len(rows), width), dtype=np.int64)
-        for i, row in enumerate(rows):
-            ids[i, : len(row)] = row
-            mask[i, : len(row)] = 1
-        return ids, mask
+        """`encode_item_texts` with this tower's featurizer."""
+        return encode_item_texts(self.featurizer, texts)
 
     @torch.inference_mode()
     def embed_items(self, texts: Sequence[str], batch_size: int = 256, progress: bool = True) -> np.ndarray:
@@ -279,7 +287,9 @@ class TwoTowerRanker(nn.Module):
             cosine = torch.einsum("bnd,bhd->bnh", unit_items, unit_history)  # [B, N, H]
             cosine = cosine.masked_fill(~mask.unsqueeze(1), -1.0)
             nearest = cosine.max(dim=2).values.masked_fill(~any_history, 0.0)  # [B, N]
-            to_user = torch.einsum("bnd,bd->bn", unit_items, nn.functional.normalize(pooled, dim=-1))  # [B, N]
+            # an elementwise product and sum, not a one-column matrix product: ONNX Runtime's CPU kernel
+            # for the latter rounds a row differently as N grows (ranker_onnx.RankerGraph)
+            to_user = (unit_items * nn.functional.normalize(pooled, dim=-1).unsqueeze(1)).sum(dim=-1)  # [B, N]
             parts += [nearest.unsqueeze(-1), to_user.unsqueeze(-1)]
         parts.append((features - self.feature_mean) / self.feature_std)
         hidden = self.body(torch.cat(parts, dim=-1))

@@ -3,7 +3,13 @@
 Training exports with these names, the bundle manifest records them, the
 runtime feeds and reads tensors by them, KServe v2 metadata and benchmarks
 describe them from here. Dtypes are numpy names; a shape names its dynamic
-axes (`"batch"`, `"sequence"`).
+axes (`"batch"`, `"sequence"`, ...).
+
+The two-tower ranker (issue 12) is two graphs: `ITEM_TOWER` (item text ->
+item embedding, run offline over the catalog and for free-text items) and
+`RANKER` (one customer's history embeddings and N candidates -> N scores).
+They are defined here but not yet in `SIGNATURES`: the runtime serves every
+model of `SIGNATURES` a bundle holds, and it has no pipeline for them yet.
 """
 
 from __future__ import annotations
@@ -12,6 +18,8 @@ import dataclasses
 from typing import Any
 
 import numpy as np
+
+from edgerec.core.behaviour import FEATURE_NAMES, NUM_FEATURES
 
 # KServe v2 / Triton datatype names of the numpy dtypes a signature may use.
 KSERVE_DATATYPES = {"int64": "INT64", "int32": "INT32", "float32": "FP32", "float16": "FP16"}
@@ -121,6 +129,83 @@ CROSS_ENCODER = ModelSignature(
         TensorSpec("expected_quantity", "float32", ("batch",), "units expected if bought (exp of the predicted log quantity)"),
     ),
 )
+
+_ITEM_TOKENS = ("items", "sequence")
+
+ITEM_TOWER = ModelSignature(
+    name="item_tower",
+    description=(
+        "The ranker's item tower: the first L layers of the pretrained MiniLM over `[CLS] item text [SEP]` "
+        "(edgerec.export.ranker.encode_item_texts), mean of the unmasked token states. One row per item; "
+        "`dim` is the encoder's hidden size (384 for MiniLM), fixed per bundle. Run alone per item (one row, "
+        "no padding) an item gets the same embedding whatever else is embedded, so the catalog matrix and a "
+        "free-text item embedded at request time agree"
+    ),
+    inputs=(
+        TensorSpec(
+            "input_ids", "int64", _ITEM_TOKENS,
+            "WordPiece token ids: [CLS] item text (at most max_item_tokens tokens) [SEP], then [PAD]",
+        ),
+        TensorSpec("attention_mask", "int64", _ITEM_TOKENS, "1 from [CLS] to [SEP], then 0 for padding"),
+    ),
+    outputs=(
+        TensorSpec(
+            "item_embedding", "float32", ("items", "dim"),
+            "the item's embedding: mean of the encoder's last hidden states over its real tokens (unitless)",
+        ),
+    ),
+)
+
+RANKER = ModelSignature(
+    name="ranker",
+    description=(
+        "The ranker's user side and head (edgerec.export.ranker.TwoTowerRanker) for ONE customer and N "
+        "candidates: the user vector is pooled once from the history, then the head scores every candidate "
+        "row by itself, so a candidate's scores do not depend on the other candidates of the call (fp32). "
+        "Embeddings are rows of the bundle's catalog matrix (or item_tower outputs for free text); `dim` is "
+        "their width, fixed per bundle. An empty history is one slot with history_mask 0 (the user vector is then 0); the "
+        "graph standardises the raw features with the training mean and std it holds"
+    ),
+    inputs=(
+        TensorSpec(
+            "history_embeddings", "float32", ("history", "dim"),
+            "item embeddings of the customer's distinct past items, newest first (at most max_history)",
+        ),
+        TensorSpec(
+            "history_counts", "float32", ("history",),
+            "earlier baskets of the customer that held each past item (a count, >= 1 where history_mask is 1)",
+        ),
+        TensorSpec(
+            "history_days", "float32", ("history",),
+            "days since the customer last bought each past item, capped at behaviour.DAYS_CAP (365, also "
+            "when unknown)",
+        ),
+        TensorSpec("history_mask", "int64", ("history",), "1 for a real past item, 0 for padding"),
+        TensorSpec(
+            "candidate_embeddings", "float32", ("candidates", "dim"),
+            "item embeddings of the candidates (zeros for a candidate without one)",
+        ),
+        TensorSpec(
+            "candidate_features", "float32", ("candidates", NUM_FEATURES),
+            "raw behavioural features φ(customer, candidate) from behaviour.behaviour_features, columns "
+            f"{', '.join(FEATURE_NAMES)} (units in edgerec.core.behaviour)",
+        ),
+    ),
+    outputs=(
+        TensorSpec("purchase_logit", "float32", ("candidates",), "log-odds that the customer buys the candidate"),
+        TensorSpec(
+            "purchase_probability", "float32", ("candidates",),
+            "probability that the customer buys the candidate, in [0, 1] (sigmoid of purchase_logit)",
+        ),
+        TensorSpec("log_quantity", "float32", ("candidates",), "natural log of the units expected if bought"),
+        TensorSpec(
+            "expected_quantity", "float32", ("candidates",), "units expected if bought, > 0 (exp of log_quantity)"
+        ),
+    ),
+)
+
+# The two-tower ranker's graphs, by name (not yet served: see the module docstring).
+RANKER_SIGNATURES: dict[str, ModelSignature] = {ITEM_TOWER.name: ITEM_TOWER, RANKER.name: RANKER}
 
 # Every model a bundle can hold, by name.
 SIGNATURES: dict[str, ModelSignature] = {CROSS_ENCODER.name: CROSS_ENCODER}
