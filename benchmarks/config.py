@@ -78,7 +78,7 @@ class LoadConfig(LoadTestConfig):
         8.0, "time budget of each in-process way (default session, serving session, rows alone), in whole passes"
     )
     yardstick_pairs: int = setting(
-        1500, "pairs of the request pool (its first requests) the in-process yardstick runs each way over"
+        1500, "pairs of the request pool (every k-th request, so their lengths follow the pool's) the in-process yardstick runs each way over"
     )
 
 

@@ -29,7 +29,7 @@ from server_helpers import catalog_ids, score_request, wait_until
 
 pytestmark = pytest.mark.slow
 
-LOAD_S = 2.0  # how long verifying `slow_bundle` should take: far longer than a 250 ms burst of signals
+LOAD_S = 1.0  # how long verifying `slow_bundle` should take (cached): far longer than a 250 ms burst of signals
 START_TIMEOUT_S = 120.0
 FLAGS = ("--grpc-port", "0", "--metrics-port", "0")
 
