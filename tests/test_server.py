@@ -387,9 +387,10 @@ def test_prometheus_metrics_are_served_on_http(server, recommender, ids):
 # -- overload, deadlines, cancellation (a server whose batches wait, so requests sit in the queue) --
 @pytest.fixture
 def slow_server(tiny_bundle):
-    """Partial batches wait 3 s for company: a request stays queued long enough to be refused, expire or be cancelled."""
+    """Partial batches wait 1.5 s for company (5x the shortest deadline below): a request stays queued long
+    enough to be refused, expire or be cancelled."""
     handle = start_server(
-        make_config(tiny_bundle, max_batch_size=64, max_queue_delay_ms=3000, max_queue_pairs=8, max_candidates=8)
+        make_config(tiny_bundle, max_batch_size=64, max_queue_delay_ms=1500, max_queue_pairs=8, max_candidates=8)
     )
     yield handle
     handle.stop()
