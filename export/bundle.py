@@ -43,20 +43,23 @@ def build_bundle(
     tokenizer_path: Path,
     items: Mapping[str, str],
     featurizer: Featurizer,
+    data: Mapping[str, Path] | None = None,
 ) -> Path:
     """Write `<bundles_dir>/<name>-<version>/` (`edgerec.core.bundle.write_bundle`) and point `latest` at it.
 
     One `ModelFiles` per model (its signature, a variant file per precision,
     default variants, gate verdicts, descriptive keys). An older folder of the
-    same name and version is replaced. Returns the folder. Raises ValueError
-    for repeated model names or default variants that are not among a model's variants.
+    same name and version is replaced; `data` (`core.bundle.DATA_KINDS` name -> file)
+    is copied in beside the models. Returns the folder. Raises ValueError for repeated
+    model names, default variants that are not among a model's variants, or unknown data.
     """
     names = [model.name for model in models]
     if not names or len(set(names)) != len(names):
         raise ValueError(f"a bundle needs models of distinct names, got {names}")
     root = Path(bundles_dir) / f"{name}-{version}"
     write_bundle(
-        root, name=name, version=version, models=models, tokenizer_path=tokenizer_path, items=items, featurizer=featurizer
+        root, name=name, version=version, models=models, tokenizer_path=tokenizer_path, items=items,
+        featurizer=featurizer, data=data,
     )
     point_latest(root)
     counts = ", ".join(f"{model.name}: {len(model.variants)} variants" for model in models)

@@ -57,6 +57,7 @@ import torch
 from torch import nn
 
 from edgerec.core.behaviour import DAYS_CAP
+from edgerec.core.bundle import ModelFiles
 from edgerec.core.featurize import Featurizer
 from edgerec.core.sessions import RowRunner, available_cpus, create_session, cut_rows
 from edgerec.core.settings import setting
@@ -405,3 +406,64 @@ def gate_table(results: Mapping[str, GateResult]) -> str:
         values = {c.metric: f"{c.value:.3g} / {c.bound:.3g}" for c in result.checks}
         lines.append(f"| {name} | " + " | ".join(values.get(m, "") for m in metrics) + f" | {result.passed} |")
     return "\n".join(lines)
+
+
+# -- into the bundle -------------------------------------------------------------------------------------
+
+SERVING_COMBINATION = ("fp32-optimized", "fp32")  # (item tower, ranker) precisions the CPU server uses
+
+
+def ranker_bundle_parts(
+    variants: RankerVariants,
+    results: Mapping[str, GateResult],
+    embeddings: np.ndarray,
+    tables_path: Path,
+    workdir: Path,
+    serving: tuple[str, str] = SERVING_COMBINATION,
+) -> tuple[list[ModelFiles], dict[str, Path]]:
+    """The ranker's two models and its data, for `core.bundle.write_bundle(models=..., data=...)`.
+
+    `results`: `run_ranker_gate`'s verdicts by combination; the `serving` combination
+    (item-tower precision, ranker precision) must have passed, and it is each model's
+    CPU default. A variant enters the bundle only if every combination it takes part in
+    passed; its manifest gate entry is the verdict of its combination with the other
+    model's serving variant. `embeddings` (float32 [catalog items, dim], catalog order)
+    must come from the serving tower variant; it is written to `workdir` as .npy.
+    Raises ValueError if the serving combination was not gated or failed.
+    """
+    tower_serving, ranker_serving = serving
+    name = f"{ITEM_TOWER.name}:{tower_serving}+{RANKER.name}:{ranker_serving}"
+    if name not in results or not results[name].passed:
+        verdict = "was not gated" if name not in results else "failed its gate"
+        raise ValueError(f"the serving combination {name} {verdict}; the ranker cannot be bundled")
+
+    def passed_with(graph: str, precision: str) -> bool:
+        combos = [r for key, r in results.items() if f"{graph}:{precision}" in key.split("+")]
+        return bool(combos) and all(r.passed for r in combos)
+
+    def verdict(tower: str, ranker: str) -> dict:
+        return results[f"{ITEM_TOWER.name}:{tower}+{RANKER.name}:{ranker}"].as_manifest()
+
+    towers = {p: path for p, path in variants.item_tower.items() if p == tower_serving or passed_with(ITEM_TOWER.name, p)}
+    rankers = {p: path for p, path in variants.ranker.items() if p == ranker_serving or passed_with(RANKER.name, p)}
+    models = [
+        ModelFiles(
+            name=ITEM_TOWER.name,
+            signature=ITEM_TOWER,
+            variants=towers,
+            default_variant={"cpu": tower_serving, "gpu": tower_serving},
+            gates={p: verdict(p, ranker_serving) for p in towers},
+        ),
+        ModelFiles(
+            name=RANKER.name,
+            signature=RANKER,
+            variants=rankers,
+            default_variant={"cpu": ranker_serving, "gpu": ranker_serving},
+            gates={p: verdict(tower_serving, p) for p in rankers},
+        ),
+    ]
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    embeddings_path = workdir / "item_embeddings.npy"
+    np.save(embeddings_path, np.ascontiguousarray(embeddings, dtype=np.float32))
+    return models, {"item_embeddings": embeddings_path, "behaviour_tables": Path(tables_path)}

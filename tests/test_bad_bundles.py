@@ -168,3 +168,33 @@ def test_a_request_alone_that_fails_is_not_run_twice(tiny_bundle, tmp_path) -> N
         wait_for_value(lambda: server.metrics.value("edgerec_batch_failures_total"), 2, message="failed batches")
     assert (code, details) == (grpc.StatusCode.INTERNAL, "the model failed on this request; the server log has details")
     assert (infer_code, infer_details) == (code, details)
+
+
+def test_bundle_data_must_be_known_of_its_kind_and_checksummed(tiny_bundle, tmp_path) -> None:
+    import numpy as np
+
+    from edgerec.core.bundle import ModelFiles, verify, write_bundle
+
+    source = verify(tiny_bundle)
+    model = ModelFiles(
+        name=CROSS_ENCODER.name, signature=CROSS_ENCODER,
+        variants={"fp32": source.variant_path(CROSS_ENCODER.name, "fp32")}, default_variant={"cpu": "fp32"},
+    )
+    items = {item: entry["text"] for item, entry in json.loads(source.catalog_path.read_text()).items()}
+    kwargs = dict(name="tiny", version="data", models=[model], tokenizer_path=source.tokenizer_path, items=items,
+                  featurizer=source.featurizer())
+    np.save(tmp_path / "emb.npy", np.zeros((2, 3), np.float32))
+    with pytest.raises(ValueError, match="unknown bundle data 'weights'"):
+        write_bundle(tmp_path / "a", **kwargs, data={"weights": tmp_path / "emb.npy"})
+    with pytest.raises(ValueError, match="must be a .npz file"):
+        write_bundle(tmp_path / "b", **kwargs, data={"behaviour_tables": tmp_path / "emb.npy"})
+
+    root = tmp_path / "c"
+    written = write_bundle(root, **kwargs, data={"item_embeddings": tmp_path / "emb.npy"})
+    assert written.data == {"item_embeddings": "data/item_embeddings.npy"}
+    manifest = json.loads((root / MANIFEST).read_text())
+    del manifest["files"]["data/item_embeddings.npy"]  # listed as data, but with no checksum
+    (root / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(EdgeRecError, match="data files without a checksum: data/item_embeddings.npy") as refused:
+        verify(root)
+    assert refused.value.code is ErrorCode.DATA_LOSS

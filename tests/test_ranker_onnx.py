@@ -222,3 +222,69 @@ def test_the_gate_fails_a_ranker_graph_that_is_not_the_model(exported, tmp_path)
     _, results = run_ranker_gate(exported.model, exported.embeddings, exported.valid, wrong, TINY_GATE)
     with pytest.raises(GateFailed, match=r"max_abs_diff\(purchase_logit\)"):
         enforce(results)
+
+
+# -- into the bundle ------------------------------------------------------------------------------------
+
+
+def test_the_ranker_enters_a_bundle_beside_the_cross_encoder_with_checksummed_data(exported, tmp_path):
+    import asyncio
+    import json
+
+    from conftest import build_tiny_bundle
+    from edgerec.core.behaviour import BehaviourTables
+    from edgerec.core.bundle import EdgeRecError, ModelFiles, open_bundle, verify, write_bundle
+    from edgerec.core.signatures import CROSS_ENCODER
+    from edgerec.export.ranker_onnx import SERVING_COMBINATION, ranker_bundle_parts
+    from edgerec.runtime.metrics import Metrics
+    from edgerec.runtime.model_version import ModelVersion
+    from server_helpers import make_config
+
+    gated = combinations(exported.variants, exported.tower.featurizer, exported.texts)
+    _, results = run_ranker_gate(exported.model, exported.embeddings, exported.valid, gated, TINY_GATE)
+    serving = next(g for g in gated if (g.tower_precision, g.ranker_precision) == SERVING_COMBINATION)
+    ids = exported.item_ids[:3]
+    tables = BehaviourTables.build(
+        invoices=["a", "a", "b"], customers=["c1", "c1", "c2"], items=ids, quantities=[1.0, 2.0, 3.0],
+        times=[1.0e9, 1.0e9, 1.1e9], cutoff=1.2e9,
+    ).save(tmp_path / "tables.npz")
+    models, data = ranker_bundle_parts(exported.variants, results, serving.embeddings, tables, tmp_path / "work")
+    assert [m.name for m in models] == [ITEM_TOWER.name, RANKER.name]
+    assert [m.default_variant["cpu"] for m in models] == list(SERVING_COMBINATION)
+
+    # beside the cross-encoder of the tiny bundle, as `make export` will write it
+    cross = verify(build_tiny_bundle(tmp_path / "plain"))
+    manifest = cross.manifest
+    cross_files = ModelFiles(
+        name=CROSS_ENCODER.name, signature=CROSS_ENCODER,
+        variants={p: cross.variant_path(CROSS_ENCODER.name, p) for p in cross.model(CROSS_ENCODER.name).precisions},
+        default_variant=manifest["models"][CROSS_ENCODER.name]["default_variant"],
+    )
+    root = tmp_path / "both" / "tiny-two"
+    bundle = write_bundle(
+        root, name="tiny", version="two", models=[cross_files, *models], tokenizer_path=cross.tokenizer_path,
+        items={item: entry["text"] for item, entry in json.loads(cross.catalog_path.read_text()).items()},
+        featurizer=cross.featurizer(), data=data,
+    )
+    assert set(bundle.models) == {CROSS_ENCODER.name, ITEM_TOWER.name, RANKER.name}
+    assert set(bundle.data) == {"item_embeddings", "behaviour_tables"}
+    np.testing.assert_array_equal(np.load(bundle.data_path("item_embeddings")), serving.embeddings)
+    assert BehaviourTables.load(bundle.data_path("behaviour_tables")).cutoff == 1.2e9
+    assert all(bundle.data[name] in bundle.manifest["files"] for name in bundle.data)  # checksummed
+    with pytest.raises(EdgeRecError, match="has no data 'nothing'"):
+        bundle.data_path("nothing")
+
+    # the runtime serves the cross-encoder of such a bundle and leaves the ranker for later
+    version = ModelVersion.load(root, make_config(root, providers=("cpu",), warm_up=False), Metrics())
+    try:
+        assert list(version.instances) == [CROSS_ENCODER.name]
+    finally:
+        asyncio.run(version.retire(5.0))
+
+    # an altered data file is refused by name
+    embeddings_file = bundle.data_path("item_embeddings")
+    altered = np.load(embeddings_file)
+    altered[0, 0] += 1.0
+    np.save(embeddings_file, altered)
+    with pytest.raises(EdgeRecError, match="item_embeddings.npy fails its checksum"):
+        open_bundle(root)

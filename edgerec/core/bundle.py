@@ -6,7 +6,10 @@ exported together. Layout of `<name>-<version>/`:
   the sha256 of every other file;
 - `tokenizer.json`: the tokenizer all models share;
 - `catalog.json`: item id → {text, token_ids}, pre-tokenized (`featurize.save_catalog`);
-- `models/<model>/model.<precision>.onnx`: one file per *variant* (precision) of each model.
+- `models/<model>/model.<precision>.onnx`: one file per *variant* (precision) of each model;
+- `data/<name>.<ext>`: arrays the models need beside their weights, named in
+  the manifest's `data` (`DATA_KINDS`: the catalog's item embeddings, the
+  behavioural feature tables).
 
 The manifest's `models` maps a model name (`signatures.SIGNATURES`, e.g.
 `cross_encoder`) to its signature, its variants (file, precision, device,
@@ -42,6 +45,13 @@ TOKENIZER = "tokenizer.json"
 VOCAB_SIZE = "vocab_size"  # key of a token model's manifest entry: rows of its token embedding table
 TRT_CACHE = ".trt-cache"  # TensorRT engine cache inside a bundle: built by the export, used by the server
 CATALOG = "catalog.json"
+DATA_DIR = "data"
+# What a bundle's `data` may hold: name -> (file suffix, what it is). Every data file is checksummed like the rest.
+DATA_KINDS = {
+    "item_embeddings": (".npy", "float32 [catalog items, dim]: each catalog item's embedding from the exported "
+                                "item tower, rows in catalog.json order"),
+    "behaviour_tables": (".npz", "the behavioural feature tables of the training window (`core.behaviour.BehaviourTables`)"),
+}
 # Where each precision is meant to run: fp16 needs a GPU, the rest are CPU variants.
 DEVICE_OF = {"fp32": "cpu", "fp32-optimized": "cpu", "int8-dynamic": "cpu", "int8-static": "cpu", "fp16": "gpu"}
 
@@ -141,6 +151,21 @@ class Bundle:
         return self.root / self.manifest["catalog"]
 
     @property
+    def data(self) -> dict[str, str]:
+        """The bundle's data files: name (`DATA_KINDS`) -> path relative to the bundle root."""
+        return dict(self.manifest.get("data", {}))
+
+    def data_path(self, name: str) -> Path:
+        """The data file `name`; NOT_FOUND names the data the bundle holds (a bundle without a ranker has none)."""
+        data = self.data
+        if name not in data:
+            raise EdgeRecError(
+                ErrorCode.NOT_FOUND,
+                f"bundle {self.name} {self.version} has no data {name!r} (it has: {', '.join(data) or 'none'})",
+            )
+        return self.root / data[name]
+
+    @property
     def trt_cache_path(self) -> Path:
         """Where TensorRT engines built for this bundle are cached (not checksummed, not packed)."""
         return self.root / TRT_CACHE
@@ -219,16 +244,26 @@ def write_bundle(
     items: Mapping[str, str],
     featurizer: Featurizer,
     description: Mapping[str, Any] | None = None,
+    data: Mapping[str, Path] | None = None,
 ) -> Bundle:
-    """Write the bundle folder `root` (replacing it): variant files, tokenizer, catalog, manifest; returns it verified.
+    """Write the bundle folder `root` (replacing it): variant files, tokenizer, catalog, data, manifest;
+    returns it verified.
 
     `items` (item id -> text) becomes the pre-tokenized catalog; `description`
-    adds bundle-level descriptive keys to the manifest.
+    adds bundle-level descriptive keys to the manifest; `data` maps a `DATA_KINDS`
+    name to the file copied in as `data/<name><suffix>`. Raises ValueError for a
+    model named twice, an unknown data name or a file with the wrong suffix.
     """
     root = Path(root)
     names = [model.name for model in models]
     if len(set(names)) != len(names):
         raise ValueError(f"a bundle holds each model once; got {names}")
+    data = {name: Path(source) for name, source in (data or {}).items()}
+    for name, source in data.items():
+        if name not in DATA_KINDS:
+            raise ValueError(f"unknown bundle data {name!r}; known: {', '.join(DATA_KINDS)}")
+        if source.suffix != DATA_KINDS[name][0]:
+            raise ValueError(f"bundle data {name!r} must be a {DATA_KINDS[name][0]} file, got {source}")
     entries = {model.name: model.manifest_entry() for model in models}
     if root.exists():
         shutil.rmtree(root)
@@ -240,6 +275,12 @@ def write_bundle(
             shutil.copyfile(source, target)
     shutil.copyfile(tokenizer_path, root / TOKENIZER)
     save_catalog(root / CATALOG, items, featurizer)
+    placed = {}
+    for name, source in data.items():
+        relative = f"{DATA_DIR}/{name}{DATA_KINDS[name][0]}"
+        (root / DATA_DIR).mkdir(exist_ok=True)
+        shutil.copyfile(source, root / relative)
+        placed[name] = relative
     manifest = {
         **to_jsonable(dict(description or {})),
         "name": name,
@@ -248,6 +289,7 @@ def write_bundle(
         "tokenizer": TOKENIZER,
         "catalog": CATALOG,
         "models": entries,
+        **({"data": placed} if placed else {}),
     }
     write_manifest(root, manifest)
     return verify(root)
@@ -301,6 +343,10 @@ def verify(root: Path) -> Bundle:
                 ErrorCode.DATA_LOSS,
                 f"bundle file {path} fails its checksum: sha256 {actual}, manifest says {expected}",
             )
+    checksummed = set(manifest["files"])
+    unchecked = sorted(relative for relative in manifest.get("data", {}).values() if relative not in checksummed)
+    if unchecked:
+        raise EdgeRecError(ErrorCode.DATA_LOSS, f"{manifest_path}: data files without a checksum: {', '.join(unchecked)}")
     if found == FORMAT_V1:
         manifest = _upgrade_v1(manifest)
     return Bundle(root=root, manifest=manifest)
