@@ -560,3 +560,38 @@ def paired_intervals(
         }
         for name in slices
     }
+
+
+RERANK_OFFSET = 2.0  # added to the re-ranker's probability of a basket's top R: above every first-stage score
+
+
+def two_stage_scores(
+    baskets: Sequence[Basket], first: np.ndarray, second: np.ndarray, top: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The two-stage result: each basket's `top` candidates by `first` re-ranked by `second`.
+
+    `first`, `second`: probabilities (float, one per candidate of `baskets`, in
+    basket order), e.g. the ranker's and the cross-encoder's. Returns
+    (`order`, `probabilities`): `order` ranks a basket's re-ranked candidates
+    first, by `second`, then the rest by `first` (`second + RERANK_OFFSET` and
+    `first`, so per-basket metrics such as NDCG@10 and GAUC read it as the
+    served ranking); `probabilities` is what a two-stage reply serves, `second`
+    for the re-ranked and `first` for the others (for AUC and quantity). Ties
+    in `first` keep candidate order. Raises ValueError on mismatched sizes or
+    a negative `top`.
+    """
+    first, second = np.asarray(first, dtype=float), np.asarray(second, dtype=float)
+    total = sum(len(b.candidates) for b in baskets)
+    if first.shape != (total,) or second.shape != (total,):
+        raise ValueError(f"{total} candidates, got {first.shape} first-stage and {second.shape} second-stage scores")
+    if top < 0:
+        raise ValueError(f"top must be >= 0, got {top}")
+    order, probabilities = first.copy(), first.copy()
+    start = 0
+    for basket in baskets:
+        end = start + len(basket.candidates)
+        best = start + np.argsort(-first[start:end], kind="stable")[:top]
+        order[best] = second[best] + RERANK_OFFSET
+        probabilities[best] = second[best]
+        start = end
+    return order, probabilities

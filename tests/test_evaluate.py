@@ -21,6 +21,7 @@ from edgerec.export.evaluate import (
     resample_weights,
     score_baskets,
     torch_scorer,
+    two_stage_scores,
 )
 from edgerec.export.model import load_checkpoint
 from edgerec.export.samples import Basket
@@ -200,3 +201,23 @@ def test_bootstrap_intervals_hold_the_estimate_and_paired_ones_tell_models_apart
     assert better["all"]["ndcg@10"]["low"] > 0 and better["all"]["gauc"]["low"] > 0
     same = paired_intervals(baskets, noisy, noisy, n_resamples=50, seed=0)
     assert same["all"]["gauc"] == {"estimate": 0.0, "low": 0.0, "high": 0.0}
+
+
+def test_two_stage_re_ranks_each_baskets_top_r_by_the_second_stage():
+    positives_last = [("a", 0, 0.0, False, False, "uniform"), ("b", 0, 0.0, False, False, "uniform"),
+                      ("c", 1, 1.0, False, False, "positive"), ("d", 0, 0.0, False, False, "uniform")]
+    baskets = [make_basket("u1", positives_last), make_basket("u2", positives_last)]
+    first = np.array([0.9, 0.8, 0.7, 0.1, 0.9, 0.8, 0.7, 0.1])  # the positive c is third by the first stage
+    second = np.array([0.2, 0.1, 0.6, 0.9, 0.2, 0.1, 0.6, 0.9])  # the second stage knows better
+    order, probabilities = two_stage_scores(baskets, first, second, top=3)
+    # top 3 by first (a, b, c) re-ranked by second: c, a, b; then d, left to the first stage
+    assert list(np.argsort(-order[:4], kind="stable")) == [2, 0, 1, 3]
+    assert probabilities.tolist() == [0.2, 0.1, 0.6, 0.1] * 2  # the stage that placed it
+    assert ranking_report(baskets, order)["all"]["mrr"] == pytest.approx(1.0)
+    assert ranking_report(baskets, first)["all"]["mrr"] == pytest.approx(1 / 3)
+    alone, _ = two_stage_scores(baskets, first, second, top=0)
+    assert alone.tolist() == first.tolist()  # R = 0: the first stage alone
+    everything, _ = two_stage_scores(baskets, first, second, top=10)  # R past the basket: the second stage alone
+    assert list(np.argsort(-everything[:4])) == list(np.argsort(-second[:4]))
+    with pytest.raises(ValueError, match="candidates"):
+        two_stage_scores(baskets, first[:3], second, top=2)
