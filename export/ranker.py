@@ -42,7 +42,7 @@ this basket) and `log_quantity` (natural log of the units bought if bought).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +50,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from edgerec.core.behaviour import DAYS_CAP, NUM_FEATURES, clean_history
+from edgerec.core.behaviour import DAYS_CAP, NUM_FEATURES
+from edgerec.core.ranker_inputs import history_arrays  # noqa: F401  (defined in core; re-exported for training)
 from edgerec.core.featurize import Featurizer, FeaturizerConfig
 
 POOLINGS = ("weighted", "attention")
@@ -144,31 +145,6 @@ class ItemTower(nn.Module):
 # -- the history as tensors (one code path for training and serving) -------------------------------------------
 
 
-def history_arrays(
-    history: Iterable, index: Mapping[str, int], max_history: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A customer's history (`HistoryEntry` rows or `(key, count, days_ago)`, newest first) as arrays.
-
-    Returns (rows int64 [h], counts float32 [h], days float32 [h]) for the at
-    most `max_history` newest entries that `behaviour.clean_history` keeps
-    (strictly in the past) and whose key has an embedding in `index` (row of
-    the item embedding matrix); days_ago unknown -> DAYS_CAP, and days are
-    capped at DAYS_CAP. An item without an embedding is skipped (the export
-    will embed free text with the item tower first).
-    """
-    rows, counts, days = [], [], []
-    for entry in clean_history(history):
-        row = index.get(entry.key, -1)
-        if row < 0:
-            continue
-        rows.append(row)
-        counts.append(entry.count)
-        days.append(DAYS_CAP if entry.days_ago is None else min(entry.days_ago, DAYS_CAP))
-        if len(rows) == max_history:
-            break
-    return np.asarray(rows, np.int64), np.asarray(counts, np.float32), np.asarray(days, np.float32)
-
-
 def pad_histories(histories: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dict[str, torch.Tensor]:
     """`history_arrays` of B customers padded to the longest: rows int64 [B, H] (0 where padded), counts and
     days float32 [B, H], mask bool [B, H] (True: a real entry). H is at least 1, so an empty history is one
@@ -203,6 +179,7 @@ class TwoTowerRanker(nn.Module):
         dropout: float = 0.1,
         pooling: str = "weighted",
         similarity_features: bool = True,
+        wide: bool = False,
     ) -> None:
         super().__init__()
         if pooling not in POOLINGS:
@@ -217,6 +194,7 @@ class TwoTowerRanker(nn.Module):
             "dropout": dropout,
             "pooling": pooling,
             "similarity_features": similarity_features,
+            "wide": wide,
         }
         self.count_weight = nn.Parameter(torch.tensor(1.0))  # a: weight of log1p(count) in the pooling
         self.recency_weight = nn.Parameter(torch.tensor(2.0))  # b: weight of days_ago / DAYS_CAP
@@ -232,6 +210,9 @@ class TwoTowerRanker(nn.Module):
             nn.Linear(width, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, hidden // 2), nn.ReLU()
         )
         self.purchase_head = nn.Linear(hidden // 2, 1)
+        # wide part: a linear term of [sim, φ'] added to the purchase logit, so repeat count, recency and
+        # co-occurrence reach the logit directly as well as through the MLP (wide & deep)
+        self.wide = nn.Linear(width - 3 * proj_dim, 1, bias=False) if wide else None
         self.quantity_head = nn.Linear(hidden // 2, 1)
 
     def set_feature_scale(self, features: np.ndarray) -> None:
@@ -292,8 +273,12 @@ class TwoTowerRanker(nn.Module):
             to_user = (unit_items * nn.functional.normalize(pooled, dim=-1).unsqueeze(1)).sum(dim=-1)  # [B, N]
             parts += [nearest.unsqueeze(-1), to_user.unsqueeze(-1)]
         parts.append((features - self.feature_mean) / self.feature_std)
-        hidden = self.body(torch.cat(parts, dim=-1))
-        return self.purchase_head(hidden).squeeze(-1), self.quantity_head(hidden).squeeze(-1)
+        joined = torch.cat(parts, dim=-1)
+        hidden = self.body(joined)
+        logit = self.purchase_head(hidden).squeeze(-1)
+        if self.wide is not None:
+            logit = logit + self.wide(joined[..., 3 * user_z.shape[-1] :]).squeeze(-1)
+        return logit, self.quantity_head(hidden).squeeze(-1)
 
     def score(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """`forward` as served: (purchase probability in [0, 1], expected units if bought, > 0), each [B, N]."""

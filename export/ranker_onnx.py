@@ -58,6 +58,7 @@ from torch import nn
 
 from edgerec.core.behaviour import DAYS_CAP
 from edgerec.core.bundle import ModelFiles
+from edgerec.core.ranker_inputs import ranker_feeds
 from edgerec.core.featurize import Featurizer
 from edgerec.core.sessions import RowRunner, available_cpus, create_session, cut_rows
 from edgerec.core.settings import setting
@@ -237,40 +238,6 @@ def catalog_embeddings(path: Path, featurizer: Featurizer, texts: Sequence[str],
     finally:
         runner.close()
     return embeddings.astype(np.float32, copy=False)
-
-
-def ranker_feeds(
-    embeddings: np.ndarray,
-    history: tuple[np.ndarray, np.ndarray, np.ndarray],
-    candidate_rows: np.ndarray,
-    features: np.ndarray,
-) -> Feeds:
-    """The `RANKER` feeds for one customer, as `ranker_train.collate` builds one row of a batch.
-
-    `embeddings` float32 [n_items, D]; `history` is `ranker.history_arrays` (rows, counts, days); an
-    empty history becomes one masked slot. `candidate_rows` int64 [N] rows of `embeddings` (-1: no
-    embedding, a zero vector); `features` float32 [N, F] raw `behaviour_features`.
-    """
-    rows, counts, days = history
-    slots = max(1, len(rows))
-    history_embeddings = np.zeros((slots, embeddings.shape[1]), np.float32)
-    history_embeddings[: len(rows)] = embeddings[rows]
-    history_counts = np.zeros(slots, np.float32)
-    history_counts[: len(rows)] = counts
-    history_days = np.full(slots, DAYS_CAP, np.float32)
-    history_days[: len(rows)] = days
-    history_mask = np.zeros(slots, np.int64)
-    history_mask[: len(rows)] = 1
-    candidate_rows = np.asarray(candidate_rows, np.int64)
-    candidates = embeddings[np.maximum(candidate_rows, 0)] * (candidate_rows >= 0)[:, None]
-    return {
-        "history_embeddings": history_embeddings,
-        "history_counts": history_counts,
-        "history_days": history_days,
-        "history_mask": history_mask,
-        "candidate_embeddings": np.ascontiguousarray(candidates, dtype=np.float32),
-        "candidate_features": np.ascontiguousarray(features, dtype=np.float32),
-    }
 
 
 class OnnxRanker:
