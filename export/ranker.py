@@ -51,7 +51,7 @@ from torch import nn
 from tqdm import tqdm
 
 from edgerec.core.behaviour import DAYS_CAP, NUM_FEATURES
-from edgerec.core.ranker_inputs import history_arrays  # noqa: F401  (defined in core; re-exported for training)
+from edgerec.core.ranker_inputs import encode_item_texts, history_arrays  # noqa: F401  (history_arrays: re-exported for training)
 from edgerec.core.featurize import Featurizer, FeaturizerConfig
 
 POOLINGS = ("weighted", "attention")
@@ -59,20 +59,6 @@ SIMILARITY_FEATURES = 2  # max cosine to a past item, cosine to the pooled user 
 
 
 # -- the item tower ---------------------------------------------------------------------------------------
-
-
-def encode_item_texts(featurizer: Featurizer, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """The item tower's input: `[CLS] text [SEP]` ids (int64 [n, T], right-padded with [PAD]) and attention
-    mask (int64 [n, T]); one code path for PyTorch and the exported tower (`ranker_onnx.catalog_embeddings`)."""
-    f = featurizer
-    rows = [(f.cls_id, *tokens, f.sep_id) for tokens in f.encode_texts(list(texts))]
-    width = max((len(r) for r in rows), default=2)
-    ids = np.full((len(rows), width), f.pad_id, dtype=np.int64)
-    mask = np.zeros((len(rows), width), dtype=np.int64)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)] = row
-        mask[i, : len(row)] = 1
-    return ids, mask
 
 
 class ItemTower(nn.Module):

@@ -58,7 +58,7 @@ from torch import nn
 
 from edgerec.core.behaviour import DAYS_CAP
 from edgerec.core.bundle import ModelFiles
-from edgerec.core.ranker_inputs import ranker_feeds
+from edgerec.core.ranker_inputs import encode_item_texts, ranker_feeds
 from edgerec.core.featurize import Featurizer
 from edgerec.core.sessions import RowRunner, available_cpus, create_session, cut_rows
 from edgerec.core.settings import setting
@@ -67,7 +67,7 @@ from edgerec.export.evaluate import ranking_report
 from edgerec.export.onnx_export import OPSET, ExportRecord, export_graph
 from edgerec.export.optimize import OptimizeRecord, optimize_onnx
 from edgerec.export.quantize import QuantizeConfig, quantize_int8_dynamic
-from edgerec.export.ranker import ItemTower, TwoTowerRanker, encode_item_texts
+from edgerec.export.ranker import ItemTower, TwoTowerRanker
 from edgerec.export.ranker_train import EncodedBaskets
 from edgerec.export.validate import GATED_SLICE, Check, GateConfig, GateResult, _numbers, cpu_session_config, judge
 

@@ -227,19 +227,25 @@ def test_the_gate_fails_a_ranker_graph_that_is_not_the_model(exported, tmp_path)
 # -- into the bundle ------------------------------------------------------------------------------------
 
 
-def test_the_ranker_enters_a_bundle_beside_the_cross_encoder_with_checksummed_data(exported, tmp_path):
-    import asyncio
-    import json
+@dataclasses.dataclass
+class RankerBundle:
+    root: object
+    serving_embeddings: np.ndarray
+    models: list
+    results: dict
 
+
+@pytest.fixture(scope="module")
+def ranker_bundle(exported, tmp_path_factory) -> RankerBundle:
+    """The tiny cross-encoder plus the gated tiny ranker over the synthetic shop's catalog, as `make export`
+    will write them (one tokenizer and featurizer for both models)."""
     from conftest import build_tiny_bundle
     from edgerec.core.behaviour import BehaviourTables
-    from edgerec.core.bundle import EdgeRecError, ModelFiles, open_bundle, verify, write_bundle
+    from edgerec.core.bundle import ModelFiles, verify, write_bundle
     from edgerec.core.signatures import CROSS_ENCODER
     from edgerec.export.ranker_onnx import SERVING_COMBINATION, ranker_bundle_parts
-    from edgerec.runtime.metrics import Metrics
-    from edgerec.runtime.model_version import ModelVersion
-    from server_helpers import make_config
 
+    tmp_path = tmp_path_factory.mktemp("ranker_bundle")
     gated = combinations(exported.variants, exported.tower.featurizer, exported.texts)
     _, results = run_ranker_gate(exported.model, exported.embeddings, exported.valid, gated, TINY_GATE)
     serving = next(g for g in gated if (g.tower_precision, g.ranker_precision) == SERVING_COMBINATION)
@@ -249,26 +255,41 @@ def test_the_ranker_enters_a_bundle_beside_the_cross_encoder_with_checksummed_da
         times=[1.0e9, 1.0e9, 1.1e9], cutoff=1.2e9,
     ).save(tmp_path / "tables.npz")
     models, data = ranker_bundle_parts(exported.variants, results, serving.embeddings, tables, tmp_path / "work")
-    assert [m.name for m in models] == [ITEM_TOWER.name, RANKER.name]
-    assert [m.default_variant["cpu"] for m in models] == list(SERVING_COMBINATION)
-
-    # beside the cross-encoder of the tiny bundle, as `make export` will write it
     cross = verify(build_tiny_bundle(tmp_path / "plain"))
-    manifest = cross.manifest
     cross_files = ModelFiles(
         name=CROSS_ENCODER.name, signature=CROSS_ENCODER,
         variants={p: cross.variant_path(CROSS_ENCODER.name, p) for p in cross.model(CROSS_ENCODER.name).precisions},
-        default_variant=manifest["models"][CROSS_ENCODER.name]["default_variant"],
+        default_variant=cross.manifest["models"][CROSS_ENCODER.name]["default_variant"],
     )
     root = tmp_path / "both" / "tiny-two"
-    bundle = write_bundle(
+    write_bundle(
         root, name="tiny", version="two", models=[cross_files, *models], tokenizer_path=cross.tokenizer_path,
-        items={item: entry["text"] for item, entry in json.loads(cross.catalog_path.read_text()).items()},
-        featurizer=cross.featurizer(), data=data,
+        items=dict(zip(exported.item_ids, exported.texts)),  # the ranker's catalog (its embedding rows)
+        featurizer=exported.tower.featurizer, data=data,
     )
+    return RankerBundle(root, serving.embeddings, models, results)
+
+
+def test_the_ranker_enters_a_bundle_beside_the_cross_encoder_with_checksummed_data(ranker_bundle, tmp_path):
+    import asyncio
+    import shutil
+
+    from edgerec.core.behaviour import BehaviourTables
+    from edgerec.core.bundle import EdgeRecError, open_bundle
+    from edgerec.core.signatures import CROSS_ENCODER
+    from edgerec.export.ranker_onnx import SERVING_COMBINATION
+    from edgerec.runtime.metrics import Metrics
+    from edgerec.runtime.model_version import ModelVersion
+    from server_helpers import make_config
+
+    assert [m.name for m in ranker_bundle.models] == [ITEM_TOWER.name, RANKER.name]
+    assert [m.default_variant["cpu"] for m in ranker_bundle.models] == list(SERVING_COMBINATION)
+    root = tmp_path / "tiny-two"
+    shutil.copytree(ranker_bundle.root, root)
+    bundle = open_bundle(root)
     assert set(bundle.models) == {CROSS_ENCODER.name, ITEM_TOWER.name, RANKER.name}
     assert set(bundle.data) == {"item_embeddings", "behaviour_tables"}
-    np.testing.assert_array_equal(np.load(bundle.data_path("item_embeddings")), serving.embeddings)
+    np.testing.assert_array_equal(np.load(bundle.data_path("item_embeddings")), ranker_bundle.serving_embeddings)
     assert BehaviourTables.load(bundle.data_path("behaviour_tables")).cutoff == 1.2e9
     assert all(bundle.data[name] in bundle.manifest["files"] for name in bundle.data)  # checksummed
     with pytest.raises(EdgeRecError, match="has no data 'nothing'"):
@@ -288,3 +309,43 @@ def test_the_ranker_enters_a_bundle_beside_the_cross_encoder_with_checksummed_da
     np.save(embeddings_file, altered)
     with pytest.raises(EdgeRecError, match="item_embeddings.npy fails its checksum"):
         open_bundle(root)
+
+
+def test_the_runtime_ranker_scores_as_the_offline_onnx_ranker_and_embeds_free_text_as_the_export_did(
+    ranker_bundle, exported
+):
+    from edgerec.core.behaviour import BehaviourTables, HistoryEntry, behaviour_features
+    from edgerec.core.bundle import EdgeRecError, open_bundle
+    from edgerec.core.ranker_inputs import history_arrays
+    from edgerec.runtime.ranker import MAX_HISTORY, PastItem, RankedItem, RankerScorer
+
+    bundle = open_bundle(ranker_bundle.root)
+    scorer = RankerScorer(bundle, text_cache_size=2)
+    ids = scorer.item_ids
+    assert ids == sorted(ids) == exported.item_ids  # the embedding rows follow the catalog
+    text_of = dict(zip(exported.item_ids, exported.texts))
+    history = [PastItem(item_id=ids[5], count=3, days_ago=10.0), PastItem(item_id=ids[7]), PastItem(text="BLUE ENAMEL TEAPOT", count=2)]
+    candidates = [RankedItem(item_id=item) for item in ids[:20]] + [RankedItem(text=text_of[ids[3]])]
+    probability, quantity = scorer.score(history, candidates)
+    assert probability.shape == quantity.shape == (21,) and probability.dtype == np.float32
+    assert ((probability >= 0) & (probability <= 1)).all() and (quantity > 0).all()  # probabilities, units
+
+    # offline: the same feeds built by hand, scored by the bundle's ranker variant
+    embeddings = np.concatenate([ranker_bundle.serving_embeddings, scorer.embed_text("BLUE ENAMEL TEAPOT")[None],
+                                 scorer.embed_text(text_of[ids[3]])[None]])
+    index = {item: row for row, item in enumerate(ids)} | {"\0BLUE ENAMEL TEAPOT": len(ids)}
+    entries = [HistoryEntry(ids[5], 3, 10.0), HistoryEntry(ids[7], 1, None), HistoryEntry("\0BLUE ENAMEL TEAPOT", 2, None)]
+    keys = ids[:20] + ["\0" + text_of[ids[3]]]
+    tables = BehaviourTables.load(bundle.data_path("behaviour_tables"))
+    rows = np.array(list(range(20)) + [len(ids) + 1])
+    feeds = ranker_feeds(embeddings, history_arrays(entries, index, MAX_HISTORY), rows, behaviour_features(entries, keys, tables))
+    offline = OnnxRanker(bundle.variant_path(RANKER.name))(feeds)
+    np.testing.assert_array_equal(probability, offline["purchase_probability"])
+    np.testing.assert_array_equal(quantity, offline["expected_quantity"])
+
+    # a catalog text typed as free text gets exactly its catalog row (the export ran the same tower, one item per call)
+    np.testing.assert_array_equal(scorer.embed_text(text_of[ids[3]]), ranker_bundle.serving_embeddings[3])
+    scorer.embed_text("A THIRD TEXT")
+    assert len(scorer._texts) == 2  # the text cache is bounded
+    with pytest.raises(EdgeRecError, match="candidates\\[1\\]: unknown item id 'nope'"):
+        scorer.score([], [RankedItem(item_id=ids[0]), RankedItem(item_id="nope")])

@@ -258,12 +258,12 @@ def write_bundle(
     names = [model.name for model in models]
     if len(set(names)) != len(names):
         raise ValueError(f"a bundle holds each model once; got {names}")
-    data = {name: Path(source) for name, source in (data or {}).items()}
-    for name, source in data.items():
-        if name not in DATA_KINDS:
-            raise ValueError(f"unknown bundle data {name!r}; known: {', '.join(DATA_KINDS)}")
-        if source.suffix != DATA_KINDS[name][0]:
-            raise ValueError(f"bundle data {name!r} must be a {DATA_KINDS[name][0]} file, got {source}")
+    data = {kind: Path(source) for kind, source in (data or {}).items()}
+    for kind, source in data.items():
+        if kind not in DATA_KINDS:
+            raise ValueError(f"unknown bundle data {kind!r}; known: {', '.join(DATA_KINDS)}")
+        if source.suffix != DATA_KINDS[kind][0]:
+            raise ValueError(f"bundle data {kind!r} must be a {DATA_KINDS[kind][0]} file, got {source}")
     entries = {model.name: model.manifest_entry() for model in models}
     if root.exists():
         shutil.rmtree(root)
@@ -276,11 +276,11 @@ def write_bundle(
     shutil.copyfile(tokenizer_path, root / TOKENIZER)
     save_catalog(root / CATALOG, items, featurizer)
     placed = {}
-    for name, source in data.items():
-        relative = f"{DATA_DIR}/{name}{DATA_KINDS[name][0]}"
+    for kind, source in data.items():
+        relative = f"{DATA_DIR}/{kind}{DATA_KINDS[kind][0]}"
         (root / DATA_DIR).mkdir(exist_ok=True)
         shutil.copyfile(source, root / relative)
-        placed[name] = relative
+        placed[kind] = relative
     manifest = {
         **to_jsonable(dict(description or {})),
         "name": name,

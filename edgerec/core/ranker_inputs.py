@@ -1,5 +1,6 @@
 """The two-tower ranker's inputs for one customer, built once for training, the gate and serving.
 
+`encode_item_texts` builds the item tower's input from item texts;
 `history_arrays` turns a customer's history (`behaviour.HistoryEntry` rows,
 newest first) into rows of the item-embedding matrix with their counts and
 days since purchase; `ranker_feeds` turns those, the candidates' embedding
@@ -12,11 +13,12 @@ all three see the same numbers. NumPy only: the runtime imports this.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
 from edgerec.core.behaviour import DAYS_CAP, clean_history
+from edgerec.core.featurize import Featurizer
 from edgerec.core.signatures import RANKER
 
 History = tuple[np.ndarray, np.ndarray, np.ndarray]  # rows int64 [h], counts float32 [h], days float32 [h]
@@ -75,3 +77,17 @@ def ranker_feeds(
         np.ascontiguousarray(features, dtype=np.float32),
     )
     return dict(zip(RANKER.input_names, values))
+
+
+def encode_item_texts(featurizer: Featurizer, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The item tower's input: `[CLS] text [SEP]` ids (int64 [n, T], right-padded with [PAD]) and attention
+    mask (int64 [n, T]); one code path for PyTorch, the exported tower's catalog embeddings and serving."""
+    f = featurizer
+    rows = [(f.cls_id, *tokens, f.sep_id) for tokens in f.encode_texts(list(texts))]
+    width = max((len(r) for r in rows), default=2)
+    ids = np.full((len(rows), width), f.pad_id, dtype=np.int64)
+    mask = np.zeros((len(rows), width), dtype=np.int64)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = row
+        mask[i, : len(row)] = 1
+    return ids, mask
