@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
 import sys
@@ -34,7 +35,7 @@ from typing import Any
 
 from edgerec.core.bundle import VOCAB_SIZE, ModelFiles, sha256_file
 from edgerec.core.featurize import EncodedBatch
-from edgerec.core.settings import add_arguments, from_arguments, from_jsonable, setting
+from edgerec.core.settings import add_arguments, from_arguments, from_jsonable, setting, to_jsonable
 from edgerec.core.signatures import CROSS_ENCODER
 from edgerec.export.bundle import build_bundle, pack_bundle
 from edgerec.export.data import DataConfig
@@ -43,6 +44,9 @@ from edgerec.export.model import Checkpoint, load_checkpoint
 from edgerec.export.onnx_export import OPSET
 from edgerec.export.optimize import expected_fusions
 from edgerec.export.quantize import QuantizeConfig
+from edgerec.export.ranker_export import RankerBuild, build_ranker
+from edgerec.export.ranker_export import summary_table as ranker_summary_table
+from edgerec.export.ranker_train import RankerConfig
 from edgerec.export.samples import prepare
 from edgerec.export.tensorrt import build_engine_cache
 from edgerec.export.train import TrainConfig, train
@@ -91,6 +95,11 @@ class ExportConfig:
     opset: int = setting(OPSET, "ONNX opset of the export")
     cpu_default: str = setting(
         "", "force the bundle's CPU default variant (a precision); empty: the faster passing int8 variant"
+    )
+    ranker: bool = setting(
+        False,
+        "also train, export, gate, evaluate and bundle the two-tower ranker (`export/ranker_export.py`): about "
+        "4 more minutes on 2 cores, so off by default until the main job's 30-minute budget has room for it",
     )
 
     @property
@@ -243,16 +252,28 @@ def bundle_export(
     evaluation: Mapping[str, Any],
     data_fingerprint: str,
     gate: GateConfig,
+    ranker: RankerBuild | None = None,
 ) -> Path:
-    """Write the bundle folder of the gated variants into `<artifacts>/bundles`; returns it."""
+    """Write the bundle folder of the gated variants (and the ranker's, if built) into `<artifacts>/bundles`.
+
+    The version is the first 12 hex digits of the cross-encoder weights' sha256 or, with the
+    ranker, of both weights' sha256s together (`config.version` overrides it). Returns the folder.
+    """
+    digest = sha256_file(config.checkpoint_dir / "model.safetensors")
+    if ranker is not None:
+        digest = hashlib.sha256((digest + sha256_file(ranker.weights)).encode()).hexdigest()
     return build_bundle(
         config.artifacts / "bundles",
         name=config.bundle_name,
-        version=config.version or sha256_file(config.checkpoint_dir / "model.safetensors")[:12],
-        models=[cross_encoder_artifacts(checkpoint, variants, outcome, evaluation, data_fingerprint, config, gate)],
+        version=config.version or digest[:12],
+        models=[
+            cross_encoder_artifacts(checkpoint, variants, outcome, evaluation, data_fingerprint, config, gate),
+            *(ranker.models if ranker is not None else ()),
+        ],
         tokenizer_path=config.checkpoint_dir / "tokenizer.json",
         items=checkpoint.items,
         featurizer=checkpoint.featurizer,
+        data=ranker.data if ranker is not None else None,
     )
 
 
@@ -263,9 +284,11 @@ def export(
     quantize: QuantizeConfig = QuantizeConfig(),
     gate: GateConfig = GateConfig(),
     triton: TritonConfig = TritonConfig(),
+    ranker_config: RankerConfig = RankerConfig(),
 ) -> Path:
-    """Run every step; returns the bundle folder. Raises `GateFailed` if a variant fails its gate."""
-    total = 9
+    """Run every step; returns the bundle folder. Raises `GateFailed` if a variant fails its gate
+    (with `config.ranker`, also if a ranker combination fails)."""
+    total = 10 if config.ranker else 9
     with _step(1, total, "checkpoint"):
         ensure_checkpoint(config, train_config)
     with _step(2, total, "evaluation on the test split"):
@@ -293,16 +316,27 @@ def export(
         outcome = gate_variants(variants, checkpoint, validation, config, gate)
     print(summary_table(variants.paths, outcome.results, outcome.reference))
     enforce(outcome.results)
-    with _step(6, total, "bundle folder"):
+    ranker = None
+    step = 6
+    if config.ranker:
+        with _step(step, total, "two-tower ranker: train, export, gate, evaluate on the whole test split"):
+            ranker = build_ranker(data, config.artifacts / "export" / "ranker", ranker_config, gate)
+            report_path = config.artifacts / "export" / "ranker" / "ranker_report.json"
+            report_path.write_text(json.dumps(to_jsonable(ranker.report), indent=1))
+            print(ranker_summary_table(ranker.report))
+            log.info("ranker report: %s", report_path)
+        step += 1
+    with _step(step, total, "bundle folder"):
         root = bundle_export(
-            config, checkpoint, variants, outcome, evaluation=evaluation, data_fingerprint=data.fingerprint, gate=gate
+            config, checkpoint, variants, outcome, evaluation=evaluation, data_fingerprint=data.fingerprint, gate=gate,
+            ranker=ranker,
         )
-    with _step(7, total, "TensorRT engine cache"):
+    with _step(step + 1, total, "TensorRT engine cache"):
         build_engine_cache(root, CROSS_ENCODER.name)
-    with _step(8, total, "archive"):
+    with _step(step + 2, total, "archive"):
         archive = pack_bundle(root)
         log.info("bundle %s, archive %s (%.1f MB)", root, archive, archive.stat().st_size / 1e6)
-    with _step(9, total, "Triton model repository"):
+    with _step(step + 3, total, "Triton model repository"):
         folder = write_repository(config.artifacts / "triton", config.bundle_name, variants.paths[outcome.default_cpu], triton)
         log.info("Triton model repository: %s", folder)
     return root

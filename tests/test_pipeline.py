@@ -30,22 +30,29 @@ def test_int8_static_is_built_only_on_request() -> None:
 
 
 def test_export_trains_evaluates_exports_gates_and_bundles(tiny_data, tiny_gate, tmp_path: Path, capsys) -> None:
+    """Every step, the two-tower ranker's included (`--ranker`; the default export leaves it out: `exported_bundle`)."""
+    from edgerec.core.signatures import ITEM_TOWER, RANKER
+    from edgerec.export.ranker_train import RankerConfig
+    from edgerec.runtime.ranker import RankedItem, RankerScorer
+
     artifacts = tmp_path / "artifacts"
     tiny_training = TrainConfig(data=tiny_data.config, tiny=True, steps=3, batch_size=8, valid_baskets=0)
+    tiny_ranker = RankerConfig(tiny=True, epochs=2, batch_baskets=8, proj_dim=16, hidden=32, threads=1)
     root = export(
-        ExportConfig(**{**QUICK.__dict__, "artifacts": artifacts, "precisions": PRECISIONS}),
+        ExportConfig(**{**QUICK.__dict__, "artifacts": artifacts, "precisions": PRECISIONS, "ranker": True}),
         tiny_training,
         EvalConfig(baskets=8, cold_baskets=8, baselines=False),
         gate=tiny_gate,
+        ranker_config=tiny_ranker,
     )
 
     assert (artifacts / "checkpoint" / "model.safetensors").exists()
     assert (artifacts / "checkpoint" / "eval_report.json").exists()
     assert (artifacts / "bundles" / "latest").resolve() == root.resolve()
     bundle = open_bundle(artifacts / "bundles" / f"{root.name}.tar.gz", tmp_path / "unpacked")
-    assert set(bundle.manifest) == MANIFEST_KEYS and bundle.manifest["format"] == FORMAT
+    assert set(bundle.manifest) == MANIFEST_KEYS | {"data"} and bundle.manifest["format"] == FORMAT
     assert bundle.name == "edgerec" and root.name == f"edgerec-{bundle.version}"
-    assert list(bundle.models) == [CROSS_ENCODER.name]
+    assert list(bundle.models) == [CROSS_ENCODER.name, ITEM_TOWER.name, RANKER.name]
     model = bundle.model(CROSS_ENCODER.name)
     info = model.info
     assert MODEL_KEYS <= set(bundle.manifest["models"][CROSS_ENCODER.name])
@@ -68,6 +75,23 @@ def test_export_trains_evaluates_exports_gates_and_bundles(tiny_data, tiny_gate,
     assert "variant" in table and "NDCG@10" in table and "pytorch (reference)" in table
     for variant in model.variants:
         assert variant.precision in table and Path(variant.file).name in table
+
+    # the ranker: gated variants, its data, its evaluation on the whole test split
+    assert bundle.model(ITEM_TOWER.name).default_variant["cpu"] == "fp32-optimized"
+    assert bundle.model(RANKER.name).precisions == ["fp32"]
+    assert all(v.gate["passed"] for name in (ITEM_TOWER.name, RANKER.name) for v in bundle.model(name).variants)
+    assert set(bundle.data) == {"item_embeddings", "behaviour_tables"}
+    report = json.loads((artifacts / "export" / "ranker" / "ranker_report.json").read_text())
+    evaluation = report["evaluation"]
+    assert set(evaluation["stored"]) >= {"ranker", "repeat frequency"}
+    assert evaluation["sizes"]["stored"]["baskets"] == len([b for b in tiny_data.splits["test"] if b.labels])
+    low, high = evaluation["stored"]["ranker"]["all"]["ci95"]["ndcg@10"]
+    assert low <= evaluation["stored"]["ranker"]["all"]["ndcg@10"] <= high
+    assert "| popularity negatives | ranker |" in table and "item_tower:fp32-optimized+ranker:fp32" in table
+    # the served ranker reads what the export wrote: one row per catalog item
+    scorer = RankerScorer(bundle)
+    probability, quantity = scorer.score([], [RankedItem(item_id=item) for item in scorer.item_ids[:5]])
+    assert probability.shape == (5,) and ((probability >= 0) & (probability <= 1)).all() and (quantity > 0).all()
 
 
 def test_export_command_fails_when_a_variant_fails_its_gate(tiny_checkpoint: Path, tmp_path: Path, capsys) -> None:
@@ -92,3 +116,4 @@ def test_export_help_documents_the_settings(flag: str, capsys) -> None:
     with pytest.raises(SystemExit):
         main(["export", "--help"])
     assert flag in capsys.readouterr().out
+
