@@ -50,8 +50,10 @@ train: $(STAMP)
 eval: $(STAMP)
 	$(EDGEREC) eval --checkpoint $(ARTIFACTS)/checkpoint
 
+# EXPORT_FLAGS: more `edgerec export` flags, e.g. `make export EXPORT_FLAGS=--ranker` (the two-tower ranker too).
+EXPORT_FLAGS ?=
 export: $(STAMP)
-	$(EDGEREC) export --artifacts $(ARTIFACTS)
+	$(EDGEREC) export --artifacts $(ARTIFACTS) $(EXPORT_FLAGS)
 
 bench: $(STAMP)
 	$(EDGEREC) bench --bundle $(BUNDLE) --output-dir $(ARTIFACTS)/bench

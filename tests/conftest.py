@@ -77,7 +77,7 @@ def tiny_gate():
     them; the gate checks the mechanics, not quality. Parity bounds stay real for fp32."""
     from edgerec.export.validate import GateConfig
 
-    return GateConfig(int8_max_abs_diff=1.0, int8_max_metric_drop=1.0, fp16_max_metric_drop=1.0)
+    return GateConfig(int8_max_abs_diff=1.0, int8_max_quantity_rel_diff=1.0, int8_max_metric_drop=1.0, fp16_max_metric_drop=1.0)
 
 
 def tiny_model(seed: int = 0):

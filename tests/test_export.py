@@ -292,3 +292,17 @@ def test_a_tensorrt_session_that_falls_back_is_not_counted_as_an_engine(bundle_c
     archive = pack_bundle(bundle_copy)  # the cache folder the session made is neither checksummed nor packed
     with tarfile.open(archive) as tar:
         assert not any(".trt-cache" in name for name in tar.getnames())
+
+
+def test_int8_quantities_have_their_own_bound_and_the_other_precisions_share_the_probability_bound() -> None:
+    gate = GateConfig()
+    assert gate.quantity_bound("int8-dynamic") == gate.int8_max_quantity_rel_diff == 0.5
+    assert gate.quantity_bound("int8-static") == 0.5 and gate.quantity_bound("fp16") == gate.fp16_max_abs_diff
+    assert gate.quantity_bound("fp32-optimized") == gate.fp32_max_abs_diff
+    outputs = (np.array([0.5, 0.5]), np.array([1.0, 1.3]))  # a 30% quantity move on one pair, as rows-alone int8 can
+    reference = (np.array([0.5, 0.5]), np.array([1.0, 1.0]))
+    report = {"auc": 0.7, "ndcg@10": 0.5}
+    from edgerec.export.validate import judge
+
+    assert judge("int8", "int8-dynamic", outputs, reference, report, report, gate).passed
+    assert not judge("fp16", "fp16", outputs, reference, report, report, gate).passed

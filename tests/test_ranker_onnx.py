@@ -45,7 +45,7 @@ INT8_LOGIT_TOL = 0.5
 INT8_MIN_COSINE = 0.999
 INT8_BATCH_MATE_TOL = 1.0
 # Loose int8 quality bounds: the tiny model's scores are nearly tied, so int8 reorders them (conftest's tiny_gate).
-TINY_GATE = GateConfig(int8_max_abs_diff=1.0, int8_max_metric_drop=1.0)
+TINY_GATE = GateConfig(int8_max_abs_diff=1.0, int8_max_quantity_rel_diff=1.0, int8_max_metric_drop=1.0)
 NP_TYPES = {"tensor(int64)": "int64", "tensor(float)": "float32"}
 
 
