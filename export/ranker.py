@@ -198,7 +198,8 @@ class TwoTowerRanker(nn.Module):
         self.purchase_head = nn.Linear(hidden // 2, 1)
         # wide part: a linear term of [sim, φ'] added to the purchase logit, so repeat count, recency and
         # co-occurrence reach the logit directly as well as through the MLP (wide & deep)
-        self.wide = nn.Linear(width - 3 * proj_dim, 1, bias=False) if wide else None
+        # (a product and sum, not a one-column matrix product, for ONNX Runtime's batch independence: see forward)
+        self.wide_weight = nn.Parameter(torch.zeros(width - 3 * proj_dim)) if wide else None
         self.quantity_head = nn.Linear(hidden // 2, 1)
 
     def set_feature_scale(self, features: np.ndarray) -> None:
@@ -262,8 +263,8 @@ class TwoTowerRanker(nn.Module):
         joined = torch.cat(parts, dim=-1)
         hidden = self.body(joined)
         logit = self.purchase_head(hidden).squeeze(-1)
-        if self.wide is not None:
-            logit = logit + self.wide(joined[..., 3 * user_z.shape[-1] :]).squeeze(-1)
+        if self.wide_weight is not None:
+            logit = logit + (joined[..., 3 * user_z.shape[-1] :] * self.wide_weight).sum(dim=-1)
         return logit, self.quantity_head(hidden).squeeze(-1)
 
     def score(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -23,9 +23,10 @@ Features never see the basket's time or later:
   exactly as the baselines are fitted (`ranker_tables`; with `table_months`
   only the last months before the cutoff count, everywhere).
 
-Loss: `purchase_weight` x BCE over every real candidate row + `quantity_weight`
-x MSE of the natural log of the units bought, on positives only (the quantity
-head's bias starts at the mean). AdamW with linear decay; after each epoch
+Loss: `purchase_weight` x BCE over every real candidate row + `listwise_weight`
+x a per-basket sampled softmax (each positive against the basket's negatives)
++ `quantity_weight` x MSE of the natural log of the units bought, on positives
+only (the quantity head's bias starts at the mean). AdamW with linear decay; after each epoch
 the validation split's stored candidates are scored and, with `keep_best`,
 the epoch with the best NDCG@10 (all slice) is kept: tuning on validation
 only. Same seed, same thread count: the same model.
@@ -69,11 +70,20 @@ class RankerConfig:
     dropout: float = setting(0.1, "dropout in the head")
     pooling: str = setting("weighted", "user vector: weighted (learned count/recency softmax) or attention (+ target attention)")
     similarity_features: bool = setting(True, "feed the head the cosine to the nearest past item and to the user vector")
+    wide: bool = setting(False, "add a linear term of the similarities and standardised φ to the purchase logit (wide & deep)")
     max_history: int = setting(200, "newest distinct past items pooled into the user vector")
     max_positives: int = setting(50, "most positives per training basket and epoch (a seeded sample when more)")
     history_negatives: int = setting(10, "negatives per basket from the customer's own past items")
     popular_negatives: int = setting(15, "negatives per basket drawn in proportion to popularity in the basket's tables")
     uniform_negatives: int = setting(15, "negatives per basket drawn uniformly from items sold before its month ends")
+    negative_popularity: str = setting(
+        "tables",
+        "what the popular negatives are drawn in proportion to: tables (baskets in the basket's behaviour tables' "
+        "window) or all (baskets of every purchase before the basket's month, as evaluate.popularity_negatives draws). "
+        "Validation NDCG@10 (stored all/new; popularity negatives all/new), listwise 1.0: 10/15/15 history/popular/"
+        "uniform, tables 0.521/0.511; 0.535/0.442. 10/30/5, all 0.509/0.489; 0.576/0.480. 5/40/0, all 0.484/0.461; "
+        "0.624/0.500 (the blend: 0.416/0.433; 0.586/0.270; TF-IDF 0.410/0.461; 0.543/0.373)",
+    )
     cooc_k: int = setting(100, "co-occurrence neighbours kept per item in the behaviour tables")
     table_months: int = setting(
         3,
@@ -87,6 +97,15 @@ class RankerConfig:
     weight_decay: float = setting(1e-4, "AdamW weight decay")
     purchase_weight: float = setting(1.0, "weight of the purchase BCE")
     quantity_weight: float = setting(0.2, "weight of the log-quantity MSE (positives only)")
+    listwise_weight: float = setting(
+        0.0,
+        "weight of a per-basket sampled softmax: each positive against the basket's negatives (no logQ correction, "
+        "so the score is ranked against negatives drawn as in training). On the real data's validation split, 1.0 "
+        "beside the BCE raised every figure over 0 (NDCG@10 stored candidates all 0.511 -> 0.521, new 0.501 -> 0.511; "
+        "popularity negatives all 0.519 -> 0.535, new 0.430 -> 0.442; GAUC likewise), but it widens the logits and "
+        "the tiny ranker's int8 variant then misses its parity bound (tests/test_ranker_onnx.py: 0.79 > 0.5): off "
+        "until the int8 gate is sized for it",
+    )
     keep_best: bool = setting(True, "keep the epoch with the best validation NDCG@10 (all slice)")
     valid_baskets: int = setting(0, "validation baskets scored after each epoch (seeded subsample; 0: all, -1: none)")
     seed: int = setting(0, "seed of torch, of the negatives and of the basket order")
@@ -230,11 +249,17 @@ class TrainingLists:
             month: np.array(sorted(first_sold[first_sold < month + pd.offsets.MonthBegin(1)].index), dtype=object)
             for month in self.tables
         }
+        if config.negative_popularity not in ("tables", "all"):
+            raise ValueError(f"negative_popularity must be tables or all, got {config.negative_popularity!r}")
         self.popular_pool = {}
         for month, tables in self.tables.items():
-            keep = tables.popularity > 0
-            ids = np.array(tables.item_ids, dtype=object)[keep]
-            weights = tables.popularity[keep].astype(np.float64)
+            if config.negative_popularity == "all":
+                counts = purchases[purchases["time"] < month].groupby("item")["invoice"].nunique()
+                ids, weights = counts.index.to_numpy(dtype=object), counts.to_numpy(np.float64)
+            else:
+                keep = tables.popularity > 0
+                ids = np.array(tables.item_ids, dtype=object)[keep]
+                weights = tables.popularity[keep].astype(np.float64)
             self.popular_pool[month] = (ids, weights / weights.sum()) if len(ids) else (self.uniform_pool[month], None)
         by_invoice = {invoice: (g["item"].to_numpy(), g["quantity"].to_numpy(np.float64)) for invoice, g in purchases.groupby("invoice")}
         last = last_purchase_times(purchases, baskets)
@@ -317,6 +342,7 @@ def build_model(config: RankerConfig, item_dim: int) -> TwoTowerRanker:
         dropout=config.dropout,
         pooling=config.pooling,
         similarity_features=config.similarity_features,
+        wide=config.wide,
     )
 
 
@@ -389,6 +415,8 @@ def train_ranker(
             positive = real & (labels > 0)
             mse = ((log_quantity[positive] - log_units[positive]) ** 2).mean() if positive.any() else logit.sum() * 0.0
             loss = config.purchase_weight * bce + config.quantity_weight * mse
+            listwise = _sampled_softmax(logit, labels, real) if config.listwise_weight else logit.sum() * 0.0
+            loss = loss + config.listwise_weight * listwise
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -425,6 +453,21 @@ def train_ranker(
         },
     }
     return RankerRun(model, matrix, list(ids), report)
+
+
+def _sampled_softmax(logit: torch.Tensor, labels: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """Mean over positives of -log softmax of the positive against its basket's negatives.
+
+    logit, labels float32 [B, N], real bool [B, N]. For positive j of basket b:
+    log(e^s_j + Σ_neg e^s_n) - s_j = softplus(logsumexp_neg - s_j).
+    """
+    positive = real & (labels > 0)
+    if not positive.any():
+        return logit.sum() * 0.0
+    negative = real & (labels <= 0)
+    masked = logit.masked_fill(~negative, -1e4)
+    lse = torch.logsumexp(masked, dim=1, keepdim=True)  # [B, 1]
+    return torch.nn.functional.softplus(lse - logit)[positive].mean()
 
 
 def _pad(arrays: Sequence[np.ndarray], width: int) -> torch.Tensor:
