@@ -118,15 +118,11 @@ class RankerScorer:
                 rows_of_text.append(self.embed_text(item.text))
             return extra[key]
 
-        index = dict(self.index)
         entries = []
         for i, past in enumerate(history):
-            key = item_key(past.item_id, past.text)
-            if not past.item_id:
-                index[key] = row_of(past, f"context[{i}]")
-            elif past.item_id not in self.index:
-                row_of(past, f"context[{i}]")  # raises
-            entries.append(HistoryEntry(key, max(1, int(past.count)), past.days_ago))
+            row_of(past, f"context[{i}]")  # refuses an unknown id; puts a free text's row in `extra`
+            entries.append(HistoryEntry(item_key(past.item_id, past.text), max(1, int(past.count)), past.days_ago))
+        index = collections.ChainMap(extra, self.index)  # free-text keys first, then the catalog: no copy
         candidate_rows = np.array([row_of(c, f"candidates[{i}]") for i, c in enumerate(candidates)], dtype=np.int64)
         embeddings = np.concatenate([self.embeddings, *(r[None] for r in rows_of_text)]) if rows_of_text else self.embeddings
         keys = [item_key(c.item_id, c.text) for c in candidates]
