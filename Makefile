@@ -11,7 +11,8 @@ RUNTIME_VENV  ?= .venv-runtime
 RUNTIME_DEPS  := $(RUNTIME_VENV)/.edgerec-dependencies
 RUNTIME_STAMP := $(RUNTIME_VENV)/.edgerec-installed
 RUNTIME_TESTS := tests/test_batcher.py tests/test_scheduler.py tests/test_backend.py tests/test_config.py \
-                 tests/test_featurize.py tests/test_server.py tests/test_server_security.py tests/test_status.py
+                 tests/test_featurize.py tests/test_server.py tests/test_server_security.py tests/test_status.py \
+                 tests/test_two_stage.py
 SOURCES  := $(shell find edgerec export runtime benchmarks proto -name '*.py' -o -name '*.proto')
 ARTIFACTS ?= artifacts
 BUNDLE   ?= $(ARTIFACTS)/bundles/latest

@@ -40,6 +40,7 @@ from edgerec.export import metrics
 from edgerec.export.data import DataConfig
 from edgerec.export.samples import SPLITS, Basket, prepare
 from edgerec.core.featurize import EncodedBatch, Featurizer, TokenIds
+from edgerec.core.ranking import top_indices
 from edgerec.core.settings import add_arguments, dump_json, from_arguments, from_jsonable, setting, to_jsonable
 
 Scorer = Callable[[EncodedBatch], tuple[np.ndarray, np.ndarray]]
@@ -590,7 +591,7 @@ def two_stage_scores(
     start = 0
     for basket in baskets:
         end = start + len(basket.candidates)
-        best = start + np.argsort(-first[start:end], kind="stable")[:top]
+        best = start + top_indices(first[start:end], top)  # the served rule (core.ranking)
         order[best] = second[best] + RERANK_OFFSET
         probabilities[best] = second[best]
         start = end

@@ -24,27 +24,37 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _edgerec_pool.AddSerializedFile(b'\n\x1f\x65\x64gerec/proto/recommender.proto\x12\nedgerec.v1\";\n\x0b\x43ontextItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\r\n\x05\x63ount\x18\x03 \x01(\r\"*\n\tCandidate\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\"c\n\x0cScoreRequest\x12(\n\x07\x63ontext\x18\x01 \x03(\x0b\x32\x17.edgerec.v1.ContextItem\x12)\n\ncandidates\x18\x02 \x03(\x0b\x32\x15.edgerec.v1.Candidate\"s\n\rScoreResponse\x12\x1c\n\x14purchase_probability\x18\x01 \x03(\x02\x12\x19\n\x11\x65xpected_quantity\x18\x02 \x03(\x02\x12\x12\n\nmodel_name\x18\x03 \x01(\t\x12\x15\n\rmodel_version\x18\x04 \x01(\t\"m\n\x0bRankRequest\x12(\n\x07\x63ontext\x18\x01 \x03(\x0b\x32\x17.edgerec.v1.ContextItem\x12)\n\ncandidates\x18\x02 \x03(\x0b\x32\x15.edgerec.v1.Candidate\x12\t\n\x01k\x18\x03 \x01(\r\"j\n\x0fRankedCandidate\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0f\n\x07item_id\x18\x02 \x01(\t\x12\x1c\n\x14purchase_probability\x18\x03 \x01(\x02\x12\x19\n\x11\x65xpected_quantity\x18\x04 \x01(\x02\"f\n\x0cRankResponse\x12+\n\x06ranked\x18\x01 \x03(\x0b\x32\x1b.edgerec.v1.RankedCandidate\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t2\x86\x01\n\x0bRecommender\x12<\n\x05Score\x12\x18.edgerec.v1.ScoreRequest\x1a\x19.edgerec.v1.ScoreResponse\x12\x39\n\x04Rank\x12\x17.edgerec.v1.RankRequest\x1a\x18.edgerec.v1.RankResponseb\x06proto3')
+DESCRIPTOR = _edgerec_pool.AddSerializedFile(b'\n\x1f\x65\x64gerec/proto/recommender.proto\x12\nedgerec.v1\"_\n\x0b\x43ontextItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\r\n\x05\x63ount\x18\x03 \x01(\r\x12\x15\n\x08\x64\x61ys_ago\x18\x04 \x01(\x01H\x00\x88\x01\x01\x42\x0b\n\t_days_ago\"*\n\tCandidate\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\"\x8b\x01\n\x0cScoreRequest\x12(\n\x07\x63ontext\x18\x01 \x03(\x0b\x32\x17.edgerec.v1.ContextItem\x12)\n\ncandidates\x18\x02 \x03(\x0b\x32\x15.edgerec.v1.Candidate\x12\x17\n\nrerank_top\x18\x03 \x01(\rH\x00\x88\x01\x01\x42\r\n\x0b_rerank_top\"\x95\x01\n\rScoreResponse\x12\x1c\n\x14purchase_probability\x18\x01 \x03(\x02\x12\x19\n\x11\x65xpected_quantity\x18\x02 \x03(\x02\x12\x12\n\nmodel_name\x18\x03 \x01(\t\x12\x15\n\rmodel_version\x18\x04 \x01(\t\x12 \n\x05stage\x18\x05 \x03(\x0e\x32\x11.edgerec.v1.Stage\"\x95\x01\n\x0bRankRequest\x12(\n\x07\x63ontext\x18\x01 \x03(\x0b\x32\x17.edgerec.v1.ContextItem\x12)\n\ncandidates\x18\x02 \x03(\x0b\x32\x15.edgerec.v1.Candidate\x12\t\n\x01k\x18\x03 \x01(\r\x12\x17\n\nrerank_top\x18\x04 \x01(\rH\x00\x88\x01\x01\x42\r\n\x0b_rerank_top\"\x8c\x01\n\x0fRankedCandidate\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0f\n\x07item_id\x18\x02 \x01(\t\x12\x1c\n\x14purchase_probability\x18\x03 \x01(\x02\x12\x19\n\x11\x65xpected_quantity\x18\x04 \x01(\x02\x12 \n\x05stage\x18\x05 \x01(\x0e\x32\x11.edgerec.v1.Stage\"f\n\x0cRankResponse\x12+\n\x06ranked\x18\x01 \x03(\x0b\x32\x1b.edgerec.v1.RankedCandidate\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\"\xb4\x01\n\x10RecommendRequest\x12(\n\x07\x63ontext\x18\x01 \x03(\x0b\x32\x17.edgerec.v1.ContextItem\x12\t\n\x01k\x18\x02 \x01(\r\x12\x13\n\x0b\x65xclude_ids\x18\x03 \x03(\t\x12.\n\tpurchased\x18\x04 \x01(\x0e\x32\x1b.edgerec.v1.PurchasedFilter\x12\x17\n\nrerank_top\x18\x05 \x01(\rH\x00\x88\x01\x01\x42\r\n\x0b_rerank_top\"\x8b\x01\n\x0fRecommendedItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x1c\n\x14purchase_probability\x18\x03 \x01(\x02\x12\x19\n\x11\x65xpected_quantity\x18\x04 \x01(\x02\x12 \n\x05stage\x18\x05 \x01(\x0e\x32\x11.edgerec.v1.Stage\"\x80\x01\n\x11RecommendResponse\x12*\n\x05items\x18\x01 \x03(\x0b\x32\x1b.edgerec.v1.RecommendedItem\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x14\n\x0cscored_items\x18\x04 \x01(\r*I\n\x05Stage\x12\x15\n\x11STAGE_UNSPECIFIED\x10\x00\x12\x10\n\x0cSTAGE_RANKER\x10\x01\x12\x17\n\x13STAGE_CROSS_ENCODER\x10\x02*O\n\x0fPurchasedFilter\x12\x11\n\rPURCHASED_ANY\x10\x00\x12\x15\n\x11PURCHASED_EXCLUDE\x10\x01\x12\x12\n\x0ePURCHASED_ONLY\x10\x02\x32\xd0\x01\n\x0bRecommender\x12<\n\x05Score\x12\x18.edgerec.v1.ScoreRequest\x1a\x19.edgerec.v1.ScoreResponse\x12\x39\n\x04Rank\x12\x17.edgerec.v1.RankRequest\x1a\x18.edgerec.v1.RankResponse\x12H\n\tRecommend\x12\x1c.edgerec.v1.RecommendRequest\x1a\x1d.edgerec.v1.RecommendResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'edgerec.proto.recommender_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_STAGE']._serialized_start=1337
+  _globals['_STAGE']._serialized_end=1410
+  _globals['_PURCHASEDFILTER']._serialized_start=1412
+  _globals['_PURCHASEDFILTER']._serialized_end=1491
   _globals['_CONTEXTITEM']._serialized_start=47
-  _globals['_CONTEXTITEM']._serialized_end=106
-  _globals['_CANDIDATE']._serialized_start=108
-  _globals['_CANDIDATE']._serialized_end=150
-  _globals['_SCOREREQUEST']._serialized_start=152
-  _globals['_SCOREREQUEST']._serialized_end=251
-  _globals['_SCORERESPONSE']._serialized_start=253
-  _globals['_SCORERESPONSE']._serialized_end=368
-  _globals['_RANKREQUEST']._serialized_start=370
-  _globals['_RANKREQUEST']._serialized_end=479
-  _globals['_RANKEDCANDIDATE']._serialized_start=481
-  _globals['_RANKEDCANDIDATE']._serialized_end=587
-  _globals['_RANKRESPONSE']._serialized_start=589
-  _globals['_RANKRESPONSE']._serialized_end=691
-  _globals['_RECOMMENDER']._serialized_start=694
-  _globals['_RECOMMENDER']._serialized_end=828
+  _globals['_CONTEXTITEM']._serialized_end=142
+  _globals['_CANDIDATE']._serialized_start=144
+  _globals['_CANDIDATE']._serialized_end=186
+  _globals['_SCOREREQUEST']._serialized_start=189
+  _globals['_SCOREREQUEST']._serialized_end=328
+  _globals['_SCORERESPONSE']._serialized_start=331
+  _globals['_SCORERESPONSE']._serialized_end=480
+  _globals['_RANKREQUEST']._serialized_start=483
+  _globals['_RANKREQUEST']._serialized_end=632
+  _globals['_RANKEDCANDIDATE']._serialized_start=635
+  _globals['_RANKEDCANDIDATE']._serialized_end=775
+  _globals['_RANKRESPONSE']._serialized_start=777
+  _globals['_RANKRESPONSE']._serialized_end=879
+  _globals['_RECOMMENDREQUEST']._serialized_start=882
+  _globals['_RECOMMENDREQUEST']._serialized_end=1062
+  _globals['_RECOMMENDEDITEM']._serialized_start=1065
+  _globals['_RECOMMENDEDITEM']._serialized_end=1204
+  _globals['_RECOMMENDRESPONSE']._serialized_start=1207
+  _globals['_RECOMMENDRESPONSE']._serialized_end=1335
+  _globals['_RECOMMENDER']._serialized_start=1494
+  _globals['_RECOMMENDER']._serialized_end=1702
 # @@protoc_insertion_point(module_scope)

@@ -44,6 +44,11 @@ class RecommenderStub:
                 request_serializer=edgerec_dot_proto_dot_recommender__pb2.RankRequest.SerializeToString,
                 response_deserializer=edgerec_dot_proto_dot_recommender__pb2.RankResponse.FromString,
                 _registered_method=True)
+        self.Recommend = channel.unary_unary(
+                '/edgerec.v1.Recommender/Recommend',
+                request_serializer=edgerec_dot_proto_dot_recommender__pb2.RecommendRequest.SerializeToString,
+                response_deserializer=edgerec_dot_proto_dot_recommender__pb2.RecommendResponse.FromString,
+                _registered_method=True)
 
 
 class RecommenderServicer:
@@ -63,6 +68,13 @@ class RecommenderServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Recommend(self, request, context):
+        """The k best items of the whole catalog for this customer (ranker, then an optional re-rank).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RecommenderServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -75,6 +87,11 @@ def add_RecommenderServicer_to_server(servicer, server):
                     servicer.Rank,
                     request_deserializer=edgerec_dot_proto_dot_recommender__pb2.RankRequest.FromString,
                     response_serializer=edgerec_dot_proto_dot_recommender__pb2.RankResponse.SerializeToString,
+            ),
+            'Recommend': grpc.unary_unary_rpc_method_handler(
+                    servicer.Recommend,
+                    request_deserializer=edgerec_dot_proto_dot_recommender__pb2.RecommendRequest.FromString,
+                    response_serializer=edgerec_dot_proto_dot_recommender__pb2.RecommendResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -131,6 +148,33 @@ class Recommender:
             '/edgerec.v1.Recommender/Rank',
             edgerec_dot_proto_dot_recommender__pb2.RankRequest.SerializeToString,
             edgerec_dot_proto_dot_recommender__pb2.RankResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Recommend(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgerec.v1.Recommender/Recommend',
+            edgerec_dot_proto_dot_recommender__pb2.RecommendRequest.SerializeToString,
+            edgerec_dot_proto_dot_recommender__pb2.RecommendResponse.FromString,
             options,
             channel_credentials,
             insecure,

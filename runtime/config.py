@@ -1,12 +1,12 @@
 """The server's one typed configuration: every serving default lives here.
 
-Three frozen dataclasses, one per layer (transport, batcher, backend), each
-field documented with its default. A setting is read from, in rising order
-of precedence: the defaults below, a TOML or JSON file (`--config`, with
-sections `[server]`, `[batcher]`, `[backend]`), environment variables
-(`EDGEREC_<FIELD>`, e.g. `EDGEREC_GRPC_PORT=9001`; lists comma-separated),
-then command-line flags (`--grpc-port 9001`). Field names are unique across
-the three classes, so flags and variables need no prefix.
+Four frozen dataclasses, one per layer (transport, batcher, backend, and the
+two-stage ranker), each field documented with its default. A setting is read
+from, in rising order of precedence: the defaults below, a TOML or JSON file
+(`--config`, with sections `[server]`, `[batcher]`, `[backend]`, `[ranker]`),
+environment variables (`EDGEREC_<FIELD>`, e.g. `EDGEREC_GRPC_PORT=9001`;
+lists comma-separated), then command-line flags (`--grpc-port 9001`). Field
+names are unique across the classes, so flags and variables need no prefix.
 """
 
 from __future__ import annotations
@@ -145,12 +145,50 @@ class BackendConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class RankerConfig:
+    """The two-stage path of a bundle that holds the two-tower ranker (`runtime.ranker`, `runtime.two_stage`).
+
+    The ranker's batcher takes the `[batcher]` section's time and request
+    bounds (`max_queue_wait_ms`, `max_queue_requests`); its rows are
+    candidates, each costing one unit, bounded by the settings below.
+    """
+
+    rerank_top: int = setting(
+        0,
+        "default number of the ranker's best candidates the cross-encoder re-scores when a request does not say "
+        "(0: the ranker alone; measured on the UCI test split, re-ranking the top 10 lowered NDCG@10)",
+    )
+    max_rerank_top: int = setting(64, "largest rerank_top a request may ask for (each re-ranked candidate is one BERT pass)")
+    ranker_max_batch_candidates: int = setting(
+        8192, "most candidates in one batch of the ranker (a whole-catalog Recommend is one request's rows)"
+    )
+    ranker_max_queue_candidates: int = setting(
+        65536, "admission bound of the ranker: candidates admitted and not yet scored; beyond it RESOURCE_EXHAUSTED"
+    )
+    ranker_threads: int = setting(0, "ONNX Runtime threads of one ranker call (user side + head); 0: one per core")
+    text_cache_size: int = setting(4096, "free-text item embeddings kept (least recently used out first)")
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     """Everything `edgerec serve` needs."""
 
     server: ServerConfig = dataclasses.field(default_factory=ServerConfig)
     batcher: BatcherConfig = dataclasses.field(default_factory=BatcherConfig)
     backend: BackendConfig = dataclasses.field(default_factory=BackendConfig)
+    ranker: RankerConfig = dataclasses.field(default_factory=RankerConfig)
+
+    def ranker_batcher(self) -> BatcherConfig:
+        """The ranker's batcher settings: candidates are its rows (length 1 each), cut without waiting."""
+        ranker = self.ranker
+        return dataclasses.replace(
+            self.batcher,
+            max_batch_size=ranker.ranker_max_batch_candidates,
+            max_batch_tokens=ranker.ranker_max_batch_candidates,
+            max_queue_delay_ms=0.0,
+            max_queue_pairs=ranker.ranker_max_queue_candidates,
+            length_bucket_width=0,
+        )
 
     def validate(self) -> "Config":
         """Refuse settings that cannot work, naming the setting."""
@@ -175,6 +213,13 @@ class Config:
             problems.append("tls_cert and tls_key go together")
         if self.server.tls_client_ca and not self.server.tls_cert:
             problems.append("tls_client_ca (mTLS) needs tls_cert and tls_key")
+        ranker = self.ranker
+        if not 0 <= ranker.rerank_top <= ranker.max_rerank_top:
+            problems.append("rerank_top must be between 0 and max_rerank_top")
+        if ranker.ranker_max_batch_candidates < 1 or ranker.ranker_threads < 0 or ranker.text_cache_size < 0:
+            problems.append("ranker_max_batch_candidates must be >= 1, ranker_threads and text_cache_size >= 0")
+        if ranker.ranker_max_queue_candidates < ranker.ranker_max_batch_candidates:
+            problems.append("ranker_max_queue_candidates must be >= ranker_max_batch_candidates")
         if self.backend.execution not in EXECUTION_MODES:
             problems.append(f"backend.execution must be one of {', '.join(EXECUTION_MODES)}, got {self.backend.execution!r}")
         unknown = [p for p in self.backend.providers if p not in PROVIDER_NAMES]
@@ -193,7 +238,9 @@ class Config:
         return frozenset(tokens)
 
 
-SECTIONS: dict[str, type] = {"server": ServerConfig, "batcher": BatcherConfig, "backend": BackendConfig}
+SECTIONS: dict[str, type] = {
+    "server": ServerConfig, "batcher": BatcherConfig, "backend": BackendConfig, "ranker": RankerConfig
+}
 
 
 def _field_names() -> dict[str, str]:
@@ -244,7 +291,7 @@ def _replace(obj: Any, values: Mapping[str, Any], source: str) -> Any:
 
 
 def read_file(path: Path) -> dict[str, dict[str, Any]]:
-    """A config file's sections: TOML (`.toml`) or JSON, `{"server": {...}, "batcher": {...}, "backend": {...}}`."""
+    """A config file's sections: TOML (`.toml`) or JSON, `{"server": {...}, "batcher": {...}, ...}` (`SECTIONS`)."""
     path = Path(path)
     text = path.read_text()
     if path.suffix == ".toml":
@@ -287,6 +334,7 @@ def load_config(args: argparse.Namespace | None = None, environ: Mapping[str, st
             server=from_arguments(ServerConfig, args, base=config.server),
             batcher=from_arguments(BatcherConfig, args, base=config.batcher),
             backend=from_arguments(BackendConfig, args, base=config.backend),
+            ranker=from_arguments(RankerConfig, args, base=config.ranker),
         )
     return config.validate()
 
@@ -297,7 +345,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         "--config",
         type=Path,
         default=None,
-        help=f"TOML or JSON file with [server], [batcher], [backend] sections (or ${CONFIG_ENV}); "
+        help=f"TOML or JSON file with [server], [batcher], [backend], [ranker] sections (or ${CONFIG_ENV}); "
         f"environment variables {ENV_PREFIX}<SETTING> override it, flags override both",
     )
     for cls in SECTIONS.values():

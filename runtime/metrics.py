@@ -5,6 +5,15 @@ can live in one process. Histograms use explicit buckets chosen for a CPU
 cross-encoder: milliseconds to seconds for times, powers of two for sizes.
 Batch metrics count the batches of every model of the served version together.
 
+Stages. The cross-encoder's batcher reports under `edgerec_*` (pairs); the
+two-tower ranker's batcher reports the same batch series under
+`edgerec_ranker_*` (its rows are candidates: `edgerec_ranker_pairs_scored_total`
+counts candidates scored by the ranker), from `Metrics.for_stage("ranker")`.
+Per request, `edgerec_stage_seconds{stage}` times each stage a Score, Rank or
+Recommend request went through (queue included) and
+`edgerec_stage_candidates_total{stage}` counts the candidates each scored
+(`ranker`, `cross_encoder`: the re-ranked ones, or all on a bundle without the ranker).
+
 Calls: what is counted where. `edgerec_requests_received_total{method}`
 counts every call gRPC hands to the server's code, on arrival (the
 interceptor, `runtime.status.CallGate`). `edgerec_requests_total{method,code}`
@@ -48,59 +57,81 @@ UNKNOWN_METHOD = "unknown"
 class Metrics:
     """The server's counters, gauges and histograms on one registry."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, prefix: str = "edgerec") -> None:
+        """`prefix` names every series (`<prefix>_queue_depth_pairs`, ...); `for_stage` makes the ranker's."""
         self.registry = registry if registry is not None else CollectorRegistry()
+        self.prefix = prefix
+        self._stages: dict[str, Metrics] = {}
         r = self.registry
         self.received = Counter(
-            "edgerec_requests_received", "RPCs that reached the server's code, on arrival, by method", ["method"], registry=r
+            f"{prefix}_requests_received", "RPCs that reached the server's code, on arrival, by method", ["method"], registry=r
         )
         self.requests = Counter(
-            "edgerec_requests", "RPCs ended, by method and final status code", ["method", "code"], registry=r
+            f"{prefix}_requests", "RPCs ended, by method and final status code", ["method", "code"], registry=r
         )
         self.failures = Counter(
-            "edgerec_request_failures", "RPCs that ended with a status other than OK", ["method", "code"], registry=r
+            f"{prefix}_request_failures", "RPCs that ended with a status other than OK", ["method", "code"], registry=r
         )
         self.request_seconds = Histogram(
-            "edgerec_request_seconds", "RPC time inside the server", ["method"], buckets=TIME_BUCKETS, registry=r
+            f"{prefix}_request_seconds", "RPC time inside the server", ["method"], buckets=TIME_BUCKETS, registry=r
         )
         self.queue_seconds = Histogram(
-            "edgerec_queue_seconds", "time from admission to a request's first batch", buckets=TIME_BUCKETS, registry=r
+            f"{prefix}_queue_seconds", "time from admission to a request's first batch", buckets=TIME_BUCKETS, registry=r
         )
         self.compute_seconds = Histogram(
-            "edgerec_compute_seconds", "backend time of one batch", buckets=TIME_BUCKETS, registry=r
+            f"{prefix}_compute_seconds", "backend time of one batch", buckets=TIME_BUCKETS, registry=r
         )
         self.batch_size = Histogram(
-            "edgerec_batch_size_pairs", "pairs in one batch", buckets=BATCH_SIZE_BUCKETS, registry=r
+            f"{prefix}_batch_size_pairs", "pairs in one batch", buckets=BATCH_SIZE_BUCKETS, registry=r
         )
         self.padding_ratio = Histogram(
-            "edgerec_batch_padding_ratio", "share of a batch's tokens that are padding", buckets=PADDING_BUCKETS, registry=r
+            f"{prefix}_batch_padding_ratio", "share of a batch's tokens that are padding", buckets=PADDING_BUCKETS, registry=r
         )
-        self.pairs = Counter("edgerec_pairs_scored", "pairs run through a backend", registry=r)
-        self.queue_depth = Gauge("edgerec_queue_depth_pairs", "pairs waiting for a batch", registry=r)
-        self.queue_requests = Gauge("edgerec_queue_requests", "requests admitted and not yet answered", registry=r)
+        self.pairs = Counter(f"{prefix}_pairs_scored", "pairs run through a backend", registry=r)
+        self.queue_depth = Gauge(f"{prefix}_queue_depth_pairs", "pairs waiting for a batch", registry=r)
+        self.queue_requests = Gauge(f"{prefix}_queue_requests", "requests admitted and not yet answered", registry=r)
         self.service_rate = Gauge(
-            "edgerec_service_rate_pairs_per_second",
+            f"{prefix}_service_rate_pairs_per_second",
             "measured pairs scored per second of compute (moving average over recent batches); admission's "
             "estimated wait is the pairs admitted / this",
             registry=r,
         )
         self.dropped_requests = Counter(
-            "edgerec_dropped_requests",
+            f"{prefix}_dropped_requests",
             "requests that left the queue (deadline passed, caller cancelled) with pairs never computed",
             ["reason"],
             registry=r,
         )
         self.dropped_pairs = Counter(
-            "edgerec_dropped_pairs", "pairs dropped before they cost compute, by reason", ["reason"], registry=r
+            f"{prefix}_dropped_pairs", "pairs dropped before they cost compute, by reason", ["reason"], registry=r
         )
-        self.batch_failures = Counter("edgerec_batch_failures", "batches whose backend raised", registry=r)
-        self.reloads = Counter("edgerec_bundle_reloads", "bundle hot reloads, by result", ["result"], registry=r)
+        self.batch_failures = Counter(f"{prefix}_batch_failures", "batches whose backend raised", registry=r)
+        self.reloads = Counter(f"{prefix}_bundle_reloads", "bundle hot reloads, by result", ["result"], registry=r)
         self.model_info = Gauge(
-            "edgerec_model_info",
+            f"{prefix}_model_info",
             "the model version being served (value 1): one series per model, with its variant and provider",
             ["model_name", "version", "model", "precision", "provider"],
             registry=r,
         )
+
+        self.stage_seconds = Histogram(
+            f"{prefix}_stage_seconds", "time of one request in one stage, queue included", ["stage"],
+            buckets=TIME_BUCKETS, registry=r,
+        )
+        self.stage_candidates = Counter(
+            f"{prefix}_stage_candidates", "candidates scored per stage", ["stage"], registry=r
+        )
+
+    def for_stage(self, stage: str) -> "Metrics":
+        """The batch metrics of another stage's batcher on this registry (`edgerec_<stage>_*`), made once
+        per server so that every model version (hot reloads) reports into the same series."""
+        if stage not in self._stages:
+            self._stages[stage] = Metrics(self.registry, f"{self.prefix}_{stage}")
+        return self._stages[stage]
+
+    def observe_stage(self, stage: str, candidates: int, seconds: float) -> None:
+        self.stage_seconds.labels(stage).observe(seconds)
+        self.stage_candidates.labels(stage).inc(candidates)
 
     # -- hooks used by the batcher ------------------------------------------
     def observe_batch(self, pairs: int, real_tokens: int, padded_tokens: int, seconds: float) -> None:

@@ -12,6 +12,10 @@ unpacked archive).
 The models served are those of the bundle whose name this runtime knows
 (`edgerec.core.signatures.SIGNATURES`) with a matching signature; the
 cross-encoder is required, other unknown models are skipped with a log line.
+A bundle that also holds the two-tower ranker (`item_tower` and `ranker`
+with their data files) gets a `RankerStage`: `runtime.ranker.RankerScorer`
+behind its own batcher (`Config.ranker_batcher`, metrics `edgerec_ranker_*`),
+and the pipeline is `runtime.two_stage.TwoStagePipeline` over both.
 
 The tokenizer must agree with the model (`embeddable_ids`): every id it can
 produce must be one the cross-encoder can embed, or the bundle is refused at
@@ -26,6 +30,7 @@ ids are then checked against the model's vocabulary, not the tokenizer's.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import shutil
 import tempfile
@@ -40,14 +45,16 @@ from edgerec.core.errors import EdgeRecError, ErrorCode
 from edgerec.core.featurize import Featurizer, FeaturizerConfig
 from edgerec.core.sessions import RowRunner
 from edgerec.core.settings import from_jsonable
-from edgerec.core.signatures import CROSS_ENCODER, SIGNATURES, ModelSignature
+from edgerec.core.signatures import CROSS_ENCODER, RANKER_SIGNATURES, SIGNATURES, ModelSignature
 from edgerec.runtime.backends.base import Backend
 from edgerec.runtime.backends.onnx import OnnxBackend
 from edgerec.runtime.batcher import Batcher
 from edgerec.runtime.config import BatcherConfig, Config
 from edgerec.runtime.metrics import Metrics
 from edgerec.runtime.pipeline import CrossEncoderPipeline
+from edgerec.runtime.ranker import RankerScorer
 from edgerec.runtime.scheduler import Segment
+from edgerec.runtime.two_stage import RankerStage, TwoStagePipeline, prepare_segments, run_segments
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +171,8 @@ def served_models(bundle: Bundle) -> list[str]:
     served = []
     for name, model in bundle.models.items():
         known = SIGNATURES.get(name)
+        if known is None and name in RANKER_SIGNATURES:
+            continue  # served by the ranker stage (`load_ranker`)
         if known is None:
             log.warning("bundle %s %s: model %s is not served by this edgerec version", bundle.name, bundle.version, name)
             continue
@@ -182,6 +191,44 @@ def served_models(bundle: Bundle) -> list[str]:
     return served
 
 
+
+
+def has_ranker(bundle: Bundle) -> bool:
+    """Whether the bundle holds the two-tower ranker: both its models and its data files."""
+    return all(name in bundle.models for name in RANKER_SIGNATURES) and {"item_embeddings", "behaviour_tables"} <= set(
+        bundle.data
+    )
+
+
+def load_ranker(bundle: Bundle, config: Config, metrics: Metrics) -> RankerStage:
+    """The bundle's ranker (its CPU default variants: a small MLP and the item tower) behind its batcher.
+
+    Raises EdgeRecError FAILED_PRECONDITION when a model does not load, its embeddings do not match the
+    catalog, or a whole-catalog request could never be admitted (catalog > ranker_max_queue_candidates).
+    """
+    for name, known in RANKER_SIGNATURES.items():
+        if _shape_of(bundle.model(name).signature) != _shape_of(known):
+            raise EdgeRecError(
+                ErrorCode.FAILED_PRECONDITION,
+                f"bundle {bundle.name} {bundle.version}: model {name} has signature "
+                f"{_shape_of(bundle.model(name).signature)}; this server feeds {_shape_of(known)}",
+            )
+    sessions = dataclasses.replace(
+        config.backend.session_config(bundle.root, 1, 1),
+        providers=tuple(p for p in config.backend.providers if p != "tensorrt") or ("cpu",),
+        intra_op_threads=config.ranker.ranker_threads,
+    )
+    scorer = RankerScorer(bundle, sessions, config.ranker.text_cache_size)
+    batching = config.ranker_batcher()
+    if scorer.catalog_size > batching.max_queue_pairs:
+        raise EdgeRecError(
+            ErrorCode.FAILED_PRECONDITION,
+            f"bundle {bundle.name} {bundle.version}: {scorer.catalog_size} catalog items, more than "
+            f"ranker_max_queue_candidates ({batching.max_queue_pairs}); Recommend could never be admitted",
+        )
+    name = f"{bundle.name}-{bundle.version}-ranker"
+    batcher = Batcher(batching, prepare_segments, run_segments, metrics.for_stage("ranker"), name, padded=False)
+    return RankerStage(scorer, batcher)
 
 
 def embeddable_ids(bundle: Bundle, featurizer: Featurizer, backend: Backend) -> int:
@@ -257,8 +304,10 @@ class ModelVersion:
         metrics: Metrics,
         unpacked_to: Path | None = None,
         vocab_size: int | None = None,
+        ranker: RankerStage | None = None,
     ) -> None:
-        """`vocab_size`: token ids the cross-encoder embeds (`embeddable_ids`); None: the tokenizer's size."""
+        """`vocab_size`: token ids the cross-encoder embeds (`embeddable_ids`); None: the tokenizer's size.
+        `ranker`: the bundle's ranker stage (`load_ranker`), None for a cross-encoder-only bundle."""
         self.bundle = bundle
         self.featurizer = featurizer
         self.config = config
@@ -269,9 +318,11 @@ class ModelVersion:
             )
             for backend in backends
         }
-        self.pipeline = CrossEncoderPipeline(
+        self.ranker = ranker
+        cross = CrossEncoderPipeline(
             featurizer, self.instances[CROSS_ENCODER.name], config.server, bundle.name, bundle.version, vocab_size
         )
+        self.pipeline = TwoStagePipeline(cross, ranker, config.ranker, metrics)
 
     @classmethod
     def load(cls, path: Path, config: Config, metrics: Metrics) -> "ModelVersion":
@@ -283,6 +334,7 @@ class ModelVersion:
         unpacked_to = Path(tempfile.mkdtemp(prefix="edgerec-bundle-")) if path.is_file() else None
         backends: list[Backend] = []
         vocab_size = None
+        ranker = None
         try:
             bundle = open_bundle(path, unpacked_to)
             featurizer_config = from_jsonable(FeaturizerConfig, bundle.featurizer_settings)
@@ -297,13 +349,19 @@ class ModelVersion:
                     vocab_size = embeddable_ids(bundle, featurizer, backend)
                 if config.backend.warm_up:
                     backend.warm_up((1, max_batch), (max(4, max_length // 4), max_length))
+            if has_ranker(bundle):
+                ranker = load_ranker(bundle, config, metrics)
+                if config.backend.warm_up:
+                    ranker.scorer.catalog_rows([], np.arange(ranker.scorer.catalog_size)).run(
+                        np.arange(ranker.scorer.catalog_size)
+                    )
         except BaseException:
             for backend in backends:
                 backend.finalize()
             if unpacked_to is not None:
                 shutil.rmtree(unpacked_to, ignore_errors=True)
             raise
-        return cls(bundle, featurizer, backends, config, metrics, unpacked_to, vocab_size)
+        return cls(bundle, featurizer, backends, config, metrics, unpacked_to, vocab_size, ranker)
 
     # -- identity -----------------------------------------------------------
     @property
@@ -317,27 +375,34 @@ class ModelVersion:
 
     def variants(self) -> dict[str, tuple[str, str]]:
         """Model name -> (variant precision, provider that runs it), for logs and metrics."""
-        return {name: (i.precision, i.provider) for name, i in self.instances.items()}
+        variants = {name: (i.precision, i.provider) for name, i in self.instances.items()}
+        if self.ranker is not None:
+            variants.update(self.ranker.scorer.variants())
+        return variants
+
+    def _batchers(self) -> list[Batcher]:
+        ranker = [] if self.ranker is None else [self.ranker.batcher]
+        return [instance.batcher for instance in self.instances.values()] + ranker
 
     # -- lifecycle ----------------------------------------------------------
     async def start(self) -> "ModelVersion":
-        for instance in self.instances.values():
-            await instance.batcher.start()
+        for batcher in self._batchers():
+            await batcher.start()
         return self
 
     @property
     def ready(self) -> bool:
-        return all(instance.batcher.accepting for instance in self.instances.values())
+        return all(batcher.accepting for batcher in self._batchers())
 
     @property
     def admitted_requests(self) -> int:
         """Requests admitted by any instance and not yet answered."""
-        return sum(instance.batcher.admitted_requests for instance in self.instances.values())
+        return sum(batcher.admitted_requests for batcher in self._batchers())
 
     async def retire(self, timeout: float | None = None) -> bool:
         """Stop admitting, finish admitted work (up to `timeout` s), then free the backends.
         True if everything finished in time."""
-        finished = await asyncio.gather(*(i.batcher.drain(timeout) for i in self.instances.values()))
+        finished = await asyncio.gather(*(batcher.drain(timeout) for batcher in self._batchers()))
         for instance in self.instances.values():
             instance.close()
         if self._unpacked_to is not None:

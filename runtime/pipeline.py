@@ -178,21 +178,22 @@ class CrossEncoderPipeline:
         Raises EdgeRecError: INVALID_ARGUMENT naming the field, and the batcher's
         RESOURCE_EXHAUSTED / DEADLINE_EXCEEDED / UNAVAILABLE / INTERNAL.
         """
-        self._check_sizes(context, candidates)
-        return await self._scores(context, candidates, timeout)
+        self.check_sizes(context, candidates)
+        return await self.scores(context, candidates, timeout)
 
     async def rank(
         self, context: Sequence[ContextRef], candidates: Sequence[ItemRef], k: int, timeout: float | None = None
     ) -> tuple[np.ndarray, Scores]:
         """Indices (int64 [k]) of the k most likely purchases, best first (ties keep request order), and all scores."""
-        self._check_sizes(context, candidates)
+        self.check_sizes(context, candidates)
         if not 1 <= k <= len(candidates):
             raise invalid("k", f"must be between 1 and the number of candidates ({len(candidates)}), got {k}")
-        scores = await self._scores(context, candidates, timeout)
+        scores = await self.scores(context, candidates, timeout)
         order = np.argsort(-scores.purchase_probability, kind="stable")[:k]
         return order, scores
 
-    async def _scores(self, context: Sequence[ContextRef], candidates: Sequence[ItemRef], timeout: float | None) -> Scores:
+    async def scores(self, context: Sequence[ContextRef], candidates: Sequence[ItemRef], timeout: float | None) -> Scores:
+        """`score` without the size checks (the two-stage pipeline has made them)."""
         rows = featurize(self.featurizer, context, candidates)
         probabilities, quantities = await self.instance.submit(rows, rows.lengths, timeout)  # signature order
         return Scores(probabilities, quantities, self.model_name, self.model_version)
@@ -207,12 +208,18 @@ class CrossEncoderPipeline:
         return dict(zip(CROSS_ENCODER.output_names, outputs))
 
     # -- validation -----------------------------------------------------------
-    def _check_sizes(self, context: Sequence[ContextRef], candidates: Sequence[ItemRef]) -> None:
+    def check_sizes(self, context: Sequence[ContextRef], candidates: Sequence[ItemRef]) -> None:
+        """INVALID_ARGUMENT for no candidates, or more candidates or context items than the server's limits."""
         limits = self.limits
         if not candidates:
             raise invalid("candidates", "at least one candidate is required")
         if len(candidates) > limits.max_candidates:
             raise invalid("candidates", f"{len(candidates)} candidates; at most {limits.max_candidates} per request")
+        self.check_context(context)
+
+    def check_context(self, context: Sequence[ContextRef]) -> None:
+        """INVALID_ARGUMENT for more context items than `max_context_items`."""
+        limits = self.limits
         if len(context) > limits.max_context_items:
             raise invalid("context", f"{len(context)} items; at most {limits.max_context_items} per request")
 

@@ -14,6 +14,15 @@ loads; free text goes through that tower, one item per call as the export
 ran it (so a catalog text typed as free text gets exactly its catalog row),
 and its embedding is cached by text (least recently used first out).
 
+Two steps, so that the request path can batch: `rows(history, candidates)`
+checks a request on the event loop (ids, free text, days) and returns its
+`CustomerRows`, the batcher's payload (one unit per candidate);
+`CustomerRows.run(indices)` scores some of its candidates in the batcher's
+worker thread: free text through the tower (cached), the history arrays,
+φ of those candidates, one ranker call. `score` does both at once. A
+request with free text feeds the ranker a small matrix of just the rows it
+uses, never a copy of the catalog's.
+
 Knows nothing of gRPC or batching: the request path composes it.
 """
 
@@ -21,6 +30,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import math
 import threading
 from collections.abc import Sequence
 
@@ -29,12 +39,13 @@ import numpy as np
 from edgerec.core.behaviour import BehaviourTables, HistoryEntry, behaviour_features
 from edgerec.core.bundle import Bundle
 from edgerec.core.errors import EdgeRecError, ErrorCode
-from edgerec.core.featurize import item_key
+from edgerec.core.featurize import item_key, load_catalog
 from edgerec.core.ranker_inputs import encode_item_texts, history_arrays, ranker_feeds
 from edgerec.core.sessions import SessionConfig, create_session
 from edgerec.core.signatures import ITEM_TOWER, RANKER
 
 MAX_HISTORY = 200  # newest past items the user side reads (the training setting `RankerConfig.max_history`)
+MIN_DAYS_AGO = 1.0 / 1440  # a purchase "0 days ago" (earlier today) is read as one minute ago: history is strictly past
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +65,45 @@ class PastItem(RankedItem):
     days_ago: float | None = None
 
 
+def days_ago_of(item: object, field: str) -> float | None:
+    """A context item's days since its last purchase: `days_ago` (a float or None on plain objects; a
+    protobuf message's optional field, unset -> None); 0 reads as `MIN_DAYS_AGO`. Raises INVALID_ARGUMENT
+    naming `field` for a negative or non-finite value."""
+    has = getattr(item, "HasField", None)
+    if has is not None:
+        value = item.days_ago if has("days_ago") else None
+    else:
+        value = getattr(item, "days_ago", None)
+    if value is None:
+        return None
+    value = float(value)
+    if not math.isfinite(value) or value < 0:
+        raise EdgeRecError(ErrorCode.INVALID_ARGUMENT, f"days_ago must be a finite number >= 0, got {value}", field)
+    return max(value, MIN_DAYS_AGO)
+
+
+class CustomerRows:
+    """The ranker batcher's payload: one customer's history and candidates; one unit of work per candidate.
+
+    `lengths` int64 [N] (ones: a candidate costs one row of the head); `run(indices)` scores those
+    candidates (worker thread) -> (purchase probability, expected quantity), float32 [len(indices)] each.
+    """
+
+    __slots__ = ("scorer", "entries", "history_refs", "keys", "refs", "lengths", "pad_values")
+
+    def __init__(self, scorer: "RankerScorer", entries, history_refs, keys, refs) -> None:
+        self.scorer = scorer
+        self.entries = entries  # HistoryEntry per past item, newest first
+        self.history_refs = history_refs  # per past item: catalog row (int) or free text (str)
+        self.keys = keys  # item_key per candidate
+        self.refs = refs  # per candidate: catalog row (int) or free text (str); a numpy int64 array when all rows
+        self.lengths = np.ones(len(keys), dtype=np.int64)
+        self.pad_values: dict[str, int] = {}
+
+    def run(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.scorer._run(self, indices)
+
+
 class RankerScorer:
     """Scores candidates for one customer with a bundle's two-tower ranker (thread-safe)."""
 
@@ -65,6 +115,7 @@ class RankerScorer:
         featurizer = bundle.featurizer()
         self.featurizer = featurizer
         self.item_ids = list(featurizer.catalog)  # catalog.json order: the rows of the embedding matrix
+        self.texts = [entry["text"] for entry in load_catalog(bundle.catalog_path).values()]  # by row
         self.embeddings = np.load(bundle.data_path("item_embeddings"))
         if self.embeddings.shape[0] != len(self.item_ids):
             raise EdgeRecError(
@@ -74,11 +125,23 @@ class RankerScorer:
             )
         self.index = {item: row for row, item in enumerate(self.item_ids)}
         self.tables = BehaviourTables.load(bundle.data_path("behaviour_tables"))
-        self.ranker = create_session(bundle.variant_path(RANKER.name), session_config, RANKER).session
-        self.tower = create_session(bundle.variant_path(ITEM_TOWER.name), session_config, ITEM_TOWER).session
+        self.ranker_session = create_session(bundle.variant_path(RANKER.name), session_config, RANKER)
+        self.tower_session = create_session(bundle.variant_path(ITEM_TOWER.name), session_config, ITEM_TOWER)
+        self.precisions = {name: bundle.model(name).variant().precision for name in (ITEM_TOWER.name, RANKER.name)}
+        self.ranker = self.ranker_session.session
+        self.tower = self.tower_session.session
         self.text_cache_size = text_cache_size
         self._texts: collections.OrderedDict[str, np.ndarray] = collections.OrderedDict()
         self._lock = threading.Lock()
+
+    def variants(self) -> dict[str, tuple[str, str]]:
+        """Model name -> (variant precision, provider), as `ModelVersion.variants`."""
+        opened = {ITEM_TOWER.name: self.tower_session, RANKER.name: self.ranker_session}
+        return {name: (self.precisions[name], opened[name].provider) for name in opened}
+
+    @property
+    def catalog_size(self) -> int:
+        return len(self.item_ids)
 
     def embed_text(self, text: str) -> np.ndarray:
         """float32 [dim]: the item tower's embedding of a free-text item, cached by text."""
@@ -96,38 +159,72 @@ class RankerScorer:
                 self._texts.popitem(last=False)
         return embedding
 
+    # -- requests -------------------------------------------------------------
+    def _ref(self, item: RankedItem, field: str) -> int | str:
+        """An item's catalog row, else its (checked) free text. Raises INVALID_ARGUMENT naming `field`
+        for an unknown id without text, blank or oversized text, text the model cannot read."""
+        row = self.index.get(item.item_id) if item.item_id else None
+        if row is not None:
+            return row
+        self.featurizer.item_tokens(item.item_id, item.text, field)  # the cross-encoder's checks, same messages
+        return item.text
+
+    def history(self, history: Sequence[PastItem]) -> tuple[list[HistoryEntry], list[int | str]]:
+        """The checked history: `HistoryEntry` rows and each item's catalog row or free text."""
+        entries, refs = [], []
+        for i, past in enumerate(history):
+            refs.append(self._ref(past, f"context[{i}]"))
+            days = days_ago_of(past, f"context[{i}].days_ago")
+            entries.append(HistoryEntry(item_key(past.item_id, past.text), max(1, int(past.count)), days))
+        return entries, refs
+
+    def rows(self, history: Sequence[PastItem], candidates: Sequence[RankedItem]) -> CustomerRows:
+        """Check one request (event loop, no model call) and return its batcher payload."""
+        entries, history_refs = self.history(history)
+        refs = [self._ref(c, f"candidates[{i}]") for i, c in enumerate(candidates)]
+        keys = [item_key(c.item_id, c.text) for c in candidates]
+        if all(isinstance(r, int) for r in refs):
+            refs = np.asarray(refs, dtype=np.int64)
+        return CustomerRows(self, entries, history_refs, keys, refs)
+
+    def catalog_rows(self, history: Sequence[PastItem], rows: np.ndarray) -> CustomerRows:
+        """The payload scoring catalog items by row (int64 [N], e.g. the whole catalog for Recommend)."""
+        entries, history_refs = self.history(history)
+        rows = np.asarray(rows, dtype=np.int64)
+        return CustomerRows(self, entries, history_refs, [self.item_ids[r] for r in rows.tolist()], rows)
+
     def score(
         self, history: Sequence[PastItem], candidates: Sequence[RankedItem]
     ) -> tuple[np.ndarray, np.ndarray]:
         """(purchase probability, expected quantity), float32 [len(candidates)] each.
 
-        `history` newest first; an unknown catalog id is refused (INVALID_ARGUMENT naming it).
+        `history` newest first; raises INVALID_ARGUMENT naming the field at fault.
         """
-        extra: dict[str, int] = {}
-        rows_of_text: list[np.ndarray] = []
+        rows = self.rows(history, candidates)
+        return rows.run(np.arange(len(rows.keys)))
 
-        def row_of(item: RankedItem, field: str) -> int:
-            if item.item_id:
-                row = self.index.get(item.item_id)
-                if row is None:
-                    raise EdgeRecError(ErrorCode.INVALID_ARGUMENT, f"unknown item id {item.item_id!r}", field)
-                return row
-            key = item_key(text=item.text)
-            if key not in extra:
-                extra[key] = len(self.item_ids) + len(rows_of_text)
-                rows_of_text.append(self.embed_text(item.text))
-            return extra[key]
-
-        entries = []
-        for i, past in enumerate(history):
-            row_of(past, f"context[{i}]")  # refuses an unknown id; puts a free text's row in `extra`
-            entries.append(HistoryEntry(item_key(past.item_id, past.text), max(1, int(past.count)), past.days_ago))
-        index = collections.ChainMap(extra, self.index)  # free-text keys first, then the catalog: no copy
-        candidate_rows = np.array([row_of(c, f"candidates[{i}]") for i, c in enumerate(candidates)], dtype=np.int64)
-        embeddings = np.concatenate([self.embeddings, *(r[None] for r in rows_of_text)]) if rows_of_text else self.embeddings
-        keys = [item_key(c.item_id, c.text) for c in candidates]
-        features = behaviour_features(entries, keys, self.tables)
-        feeds = ranker_feeds(embeddings, history_arrays(entries, index, MAX_HISTORY), candidate_rows, features)
-        wanted = ["purchase_probability", "expected_quantity"]
-        probability, quantity = self.ranker.run(wanted, feeds)
+    def _run(self, rows: CustomerRows, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Score `rows`' candidates at `indices` (worker thread): one ranker call."""
+        indices = np.asarray(indices, dtype=np.int64)
+        refs = rows.refs[indices] if isinstance(rows.refs, np.ndarray) else [rows.refs[i] for i in indices.tolist()]
+        keys = [rows.keys[i] for i in indices.tolist()]
+        texts = [r for r in (*rows.history_refs, *([] if isinstance(refs, np.ndarray) else refs)) if isinstance(r, str)]
+        if texts:
+            # A small matrix of only the rows this call reads: its catalog rows, then its free texts' rows.
+            catalog = sorted({r for r in (*rows.history_refs, *refs) if not isinstance(r, str)})
+            distinct = list(dict.fromkeys(texts))
+            embeddings = np.concatenate(
+                [self.embeddings[np.asarray(catalog, dtype=np.int64)], np.stack([self.embed_text(t) for t in distinct])]
+            )
+            local = {row: i for i, row in enumerate(catalog)} | {t: len(catalog) + i for i, t in enumerate(distinct)}
+            history_rows = [local[r] for r in rows.history_refs]
+            candidate_rows = np.asarray([local[r] for r in refs], dtype=np.int64)
+        else:
+            embeddings = self.embeddings
+            history_rows = rows.history_refs
+            candidate_rows = np.asarray(refs, dtype=np.int64)
+        index = {entry.key: row for entry, row in zip(rows.entries, history_rows)}
+        features = behaviour_features(rows.entries, keys, self.tables)
+        feeds = ranker_feeds(embeddings, history_arrays(rows.entries, index, MAX_HISTORY), candidate_rows, features)
+        probability, quantity = self.ranker.run(["purchase_probability", "expected_quantity"], feeds)
         return probability, quantity

@@ -5,7 +5,8 @@ Torch-free (the runtime's tests run in the runtime-only install):
   fp32, int8-dynamic and fp16 variants) assembled from the committed tiny
   ONNX models in `tests/data/tiny_model/` (built with `onnx.helper` by
   `tests/data/make_tiny_model.py`), the real tokenizer and the synthetic
-  shop's catalog; `tiny_bundle_archive`: it packed as a .tar.gz.
+  shop's catalog; `tiny_bundle_archive`: it packed as a .tar.gz;
+  `tiny_two_stage_bundle`: the same with the tiny two-tower ranker beside it.
 - `server` (one per test module): a real gRPC server on 127.0.0.1 serving
   `tiny_bundle`'s fp32 variant with small batches (at most 8 pairs, 10 ms
   window); `channel`: a channel to it; `offline`: the same fp32 variant
@@ -39,8 +40,27 @@ TINY_FEATURIZER = FeaturizerConfig(max_length=64, max_item_tokens=16)
 TINY_VARIANTS = ("fp32", "int8-dynamic", "fp16")
 
 
-def build_tiny_bundle(bundles_dir: Path, version: str = "test", name: str = "tiny") -> Path:
-    """Assemble `<bundles_dir>/<name>-<version>/` from the committed tiny models; no torch, no onnx."""
+def tiny_ranker_parts() -> tuple[list[ModelFiles], dict[str, Path]]:
+    """The committed tiny two-tower ranker (`tests/data/make_tiny_model.py`): its two models and data."""
+    from edgerec.core.signatures import ITEM_TOWER, RANKER
+
+    models = [
+        ModelFiles(
+            name=signature.name, signature=signature, variants={"fp32": TINY_MODEL_DIR / f"{signature.name}.fp32.onnx"},
+            default_variant={"cpu": "fp32", "gpu": "fp32"},
+        )
+        for signature in (ITEM_TOWER, RANKER)
+    ]
+    data = {
+        "item_embeddings": TINY_MODEL_DIR / "ranker_embeddings.npy",
+        "behaviour_tables": TINY_MODEL_DIR / "behaviour_tables.npz",
+    }
+    return models, data
+
+
+def build_tiny_bundle(bundles_dir: Path, version: str = "test", name: str = "tiny", ranker: bool = False) -> Path:
+    """Assemble `<bundles_dir>/<name>-<version>/` from the committed tiny models; no torch, no onnx.
+    `ranker`: with the tiny two-tower ranker beside the cross-encoder (a two-stage bundle)."""
     featurizer = Featurizer.from_files(TINY_MODEL_DIR / "tokenizer.json", TINY_FEATURIZER)
     model = ModelFiles(
         name=CROSS_ENCODER.name,
@@ -51,9 +71,10 @@ def build_tiny_bundle(bundles_dir: Path, version: str = "test", name: str = "tin
     )
     items = json.loads((TINY_MODEL_DIR / "items.json").read_text())
     root = Path(bundles_dir) / f"{name}-{version}"
+    ranker_models, data = tiny_ranker_parts() if ranker else ([], None)
     write_bundle(
-        root, name=name, version=version, models=[model], tokenizer_path=TINY_MODEL_DIR / "tokenizer.json",
-        items=items, featurizer=featurizer,
+        root, name=name, version=version, models=[model, *ranker_models], tokenizer_path=TINY_MODEL_DIR / "tokenizer.json",
+        items=items, featurizer=featurizer, data=data,
     )
     return root
 
@@ -62,6 +83,11 @@ def build_tiny_bundle(bundles_dir: Path, version: str = "test", name: str = "tin
 def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The torch-free tiny bundle (`build_tiny_bundle`), default variants cpu int8-dynamic, gpu fp16."""
     return build_tiny_bundle(tmp_path_factory.mktemp("bundles"))
+
+
+@pytest.fixture(scope="session")
+def tiny_two_stage_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_bundle(tmp_path_factory.mktemp("bundles"), version="two", ranker=True)
 
 
 @pytest.fixture(scope="session")

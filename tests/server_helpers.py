@@ -16,21 +16,18 @@ from edgerec.core.featurize import ContextEntry, Featurizer, item_key
 from edgerec.core.sessions import create_session
 from edgerec.core.signatures import CROSS_ENCODER
 from edgerec.proto import recommender_pb2
-from edgerec.runtime.config import FIELD_SECTION, Config
+from edgerec.runtime.config import FIELD_SECTION, SECTIONS, Config
 from edgerec.runtime.recommender_service import build_score_request as score_request
 
 
 def make_config(bundle: Path, **settings) -> Config:
     """A test config: the bundle, free ports on 127.0.0.1, then any setting by name."""
-    sections: dict[str, dict] = {"server": {"bundle": bundle, "grpc_port": 0, "metrics_port": 0}, "batcher": {}, "backend": {}}
+    sections: dict[str, dict] = {name: {} for name in SECTIONS}
+    sections["server"].update(bundle=bundle, grpc_port=0, metrics_port=0)
     for name, value in settings.items():
         sections[FIELD_SECTION[name]][name] = value
     config = Config()
-    return Config(
-        server=dataclasses.replace(config.server, **sections["server"]),
-        batcher=dataclasses.replace(config.batcher, **sections["batcher"]),
-        backend=dataclasses.replace(config.backend, **sections["backend"]),
-    )
+    return Config(**{name: dataclasses.replace(getattr(config, name), **values) for name, values in sections.items()})
 
 
 def catalog_ids(bundle: Path) -> list[str]:

@@ -159,7 +159,7 @@ def test_model_version_serves_one_instance_per_known_model(tiny_bundle):
     assert (version.name, version.version) == ("tiny", "test")
     assert list(version.instances) == [CROSS_ENCODER.name]
     assert version.variants() == {CROSS_ENCODER.name: ("int8-dynamic", "CPUExecutionProvider")}
-    assert version.pipeline.instance is version.instances[CROSS_ENCODER.name]
+    assert version.pipeline.cross.instance is version.instances[CROSS_ENCODER.name] and version.ranker is None
 
 
 def _with_manifest(bundle, target, change) -> None:

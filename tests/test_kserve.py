@@ -240,7 +240,7 @@ def test_reflection_describes_every_served_service(channel):
         "grpc.reflection.v1alpha.ServerReflection",
     }
     methods = {name: {m.name for m in pool.FindServiceByName(name).methods} for name in services}
-    assert methods["edgerec.v1.Recommender"] == {"Score", "Rank"}
+    assert methods["edgerec.v1.Recommender"] == {"Score", "Rank", "Recommend"}
     assert methods["inference.GRPCInferenceService"] == {m.name for m in kserve_service.SERVICE.methods}
     assert "RepositoryIndex" in methods["inference.GRPCInferenceService"]
     assert methods["grpc.health.v1.Health"] >= {"Check", "Watch"}

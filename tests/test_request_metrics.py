@@ -186,6 +186,10 @@ class Stuck:
     async def Rank(self, request, context):
         await asyncio.Event().wait()
 
+    @rpc("Recommend")
+    async def Recommend(self, request, context):
+        await asyncio.Event().wait()
+
 
 @pytest.fixture(scope="module")
 def stuck():

@@ -1,0 +1,278 @@
+"""The two-stage request pipeline: the two-tower ranker first, the cross-encoder re-ranking its best.
+
+Score, Rank and Recommend of `edgerec.v1.Recommender` land here
+(`runtime.recommender_service` is only their transport):
+
+- **Score / Rank**: the request's candidates go through the ranker's batcher
+  (`runtime.ranker.CustomerRows`, one unit per candidate: the user side once
+  per request, the head over its candidates in one call). With `rerank_top`
+  R > 0 the ranker's R best (ties keep request order) go through the
+  cross-encoder's batcher as pairs (`runtime.pipeline`), and their scores
+  replace the ranker's; `stage` says which model scored each candidate.
+  Rank then puts the re-ranked candidates first, ordered by the
+  cross-encoder, then the rest in the ranker's order
+  (`edgerec.core.ranking.two_stage_order`, the rule the export's evaluation
+  scores).
+- **Recommend**: every catalog item that passes the filters (`exclude_ids`,
+  `purchased`) is a candidate of one ranker call (the bundle's item
+  embedding matrix, no item-tower pass), then the same re-rank and order,
+  and the k best come back.
+- A bundle without the ranker answers Score and Rank with the cross-encoder
+  alone (stage CROSS_ENCODER, `rerank_top` ignored) and refuses Recommend
+  with FAILED_PRECONDITION.
+
+Both stages answer on one scale, a purchase probability (each model's
+sigmoid, trained with cross-entropy on the same baskets). Errors:
+INVALID_ARGUMENT naming the field; each batcher's RESOURCE_EXHAUSTED,
+DEADLINE_EXCEEDED (the deadline covers both stages), UNAVAILABLE, INTERNAL.
+Metrics: `Metrics.observe_stage` per stage a request went through.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import time
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from edgerec.core.errors import EdgeRecError, ErrorCode, invalid
+from edgerec.core.featurize import item_key
+from edgerec.core.ranking import top_indices, two_stage_order
+from edgerec.runtime.config import RankerConfig
+from edgerec.runtime.metrics import Metrics
+from edgerec.runtime.pipeline import Candidate, ContextRef, CrossEncoderPipeline, ItemRef
+
+if TYPE_CHECKING:
+    from edgerec.runtime.batcher import Batcher
+    from edgerec.runtime.ranker import RankerScorer
+
+
+class Stage(enum.IntEnum):
+    """Which model scored a candidate; the values are `edgerec.v1.Stage`'s."""
+
+    RANKER = 1
+    CROSS_ENCODER = 2
+
+
+class Purchased(enum.IntEnum):
+    """Recommend's filter by the customer's context; the values are `edgerec.v1.PurchasedFilter`'s."""
+
+    ANY = 0
+    EXCLUDE = 1  # only items not in the context
+    ONLY = 2  # only items in the context
+
+
+@dataclasses.dataclass(frozen=True)
+class StagedScores:
+    """Per-candidate outputs in request order: purchase probability and expected quantity (float32 [n]),
+    `stage` (int8 [n], `Stage` values), and the model version that answered."""
+
+    purchase_probability: np.ndarray
+    expected_quantity: np.ndarray
+    stage: np.ndarray
+    model_name: str
+    model_version: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Recommendation:
+    """Recommend's answer: `rows` (int64 [<= k], catalog rows best first), their `item_ids` and catalog
+    `texts`, scores and stages (as `StagedScores`, in `rows` order), and `scored` (catalog items the
+    ranker scored)."""
+
+    rows: np.ndarray
+    item_ids: list[str]
+    texts: list[str]
+    scores: StagedScores
+    scored: int
+
+
+class RankerStage:
+    """The ranker's scorer and the batcher that feeds it (one per model version)."""
+
+    def __init__(self, scorer: "RankerScorer", batcher: "Batcher") -> None:
+        self.scorer = scorer
+        self.batcher = batcher
+
+
+def run_segments(prepared: Sequence[tuple[object, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """The ranker batcher's `execute`: one ranker call per request segment of the batch (its user side
+    once, the head over that segment's candidates); outputs concatenated in segment order."""
+    outputs = [payload.run(indices) for payload, indices in prepared]
+    return tuple(np.concatenate(column) for column in zip(*outputs))
+
+
+def prepare_segments(segments) -> list[tuple[object, np.ndarray]]:
+    """The ranker batcher's `prepare` (event loop): nothing to build, the work is in `run_segments`."""
+    return [(segment.payload, segment.indices) for segment in segments]
+
+
+class TwoStagePipeline:
+    """Score, Rank and Recommend over a model version's ranker (if any) and cross-encoder."""
+
+    def __init__(
+        self, cross: CrossEncoderPipeline, ranker: RankerStage | None, config: RankerConfig, metrics: Metrics
+    ) -> None:
+        self.cross = cross
+        self.ranker = ranker
+        self.config = config
+        self.metrics = metrics
+        self.model_name = cross.model_name
+        self.model_version = cross.model_version
+
+    # KServe ModelInfer and its limits are the cross-encoder's.
+    @property
+    def max_rows(self) -> int:
+        return self.cross.max_rows
+
+    @property
+    def max_length(self) -> int:
+        return self.cross.max_length
+
+    async def infer(self, tensors: dict[str, np.ndarray], timeout: float | None = None, field: str = "inputs"):
+        return await self.cross.infer(tensors, timeout, field)
+
+    # -- Score / Rank -----------------------------------------------------------
+    async def score(
+        self,
+        context: Sequence[ContextRef],
+        candidates: Sequence[ItemRef],
+        rerank_top: int | None = None,
+        timeout: float | None = None,
+    ) -> StagedScores:
+        """Each candidate's purchase probability, expected quantity and stage, in request order.
+
+        `rerank_top`: the ranker's best candidates the cross-encoder re-scores (None: the server's
+        `rerank_top`). Raises EdgeRecError as the module docstring says.
+        """
+        self.cross.check_sizes(context, candidates)
+        top = self._rerank_top(rerank_top)
+        deadline = None if timeout is None else time.perf_counter() + timeout
+        if self.ranker is None:
+            return await self._cross_alone(context, candidates, deadline)
+        rows = self.ranker.scorer.rows(context, candidates)
+        return await self._two_stages(context, rows, candidates, top, deadline)
+
+    async def rank(
+        self,
+        context: Sequence[ContextRef],
+        candidates: Sequence[ItemRef],
+        k: int,
+        rerank_top: int | None = None,
+        timeout: float | None = None,
+    ) -> tuple[np.ndarray, StagedScores]:
+        """Indices (int64 [k]) of the k best candidates, best first, and every candidate's scores."""
+        self.cross.check_sizes(context, candidates)
+        if not 1 <= k <= len(candidates):
+            raise invalid("k", f"must be between 1 and the number of candidates ({len(candidates)}), got {k}")
+        scores = await self.score(context, candidates, rerank_top, timeout)
+        return self.order(scores)[:k], scores
+
+    @staticmethod
+    def order(scores: StagedScores) -> np.ndarray:
+        """Best first: re-ranked candidates by the cross-encoder, then the rest by the ranker (stable)."""
+        reranked = scores.stage == Stage.CROSS_ENCODER
+        if reranked.all():
+            return np.argsort(-scores.purchase_probability, kind="stable")
+        return two_stage_order(scores.purchase_probability, reranked)
+
+    # -- Recommend ----------------------------------------------------------------
+    async def recommend(
+        self,
+        context: Sequence[ContextRef],
+        k: int,
+        exclude_ids: Iterable[str] = (),
+        purchased: int = Purchased.ANY,
+        rerank_top: int | None = None,
+        timeout: float | None = None,
+    ) -> Recommendation:
+        """The k best catalog items for this customer (fewer when the filters leave fewer).
+
+        Raises FAILED_PRECONDITION without a ranker, INVALID_ARGUMENT for k outside
+        [1, max_candidates], an unknown `purchased` value or a bad context item.
+        """
+        if self.ranker is None:
+            raise EdgeRecError(
+                ErrorCode.FAILED_PRECONDITION,
+                f"bundle {self.model_name} {self.model_version} has no ranker; Recommend needs a bundle built by "
+                "`edgerec export` with the two-tower ranker",
+            )
+        limit = self.cross.limits.max_candidates
+        if not 1 <= k <= limit:
+            raise invalid("k", f"must be between 1 and {limit} (max_candidates), got {k}")
+        if purchased not in Purchased.__members__.values():
+            raise invalid("purchased", f"unknown filter {purchased}")
+        self.cross.check_context(context)
+        top = self._rerank_top(rerank_top)
+        deadline = None if timeout is None else time.perf_counter() + timeout
+        scorer = self.ranker.scorer
+        allowed = np.ones(scorer.catalog_size, dtype=bool)
+        for item_id in exclude_ids:
+            row = scorer.index.get(item_id)
+            if row is not None:
+                allowed[row] = False
+        if purchased != Purchased.ANY:
+            bought = np.zeros(scorer.catalog_size, dtype=bool)
+            for item in context:
+                row = scorer.index.get(item_key(item.item_id, item.text))
+                if row is not None:
+                    bought[row] = True
+            allowed &= ~bought if purchased == Purchased.EXCLUDE else bought
+        rows = np.flatnonzero(allowed)
+        empty = np.zeros(0, dtype=np.float32)
+        if len(rows) == 0:
+            scores = StagedScores(empty, empty, np.zeros(0, np.int8), self.model_name, self.model_version)
+            return Recommendation(rows, [], [], scores, 0)
+        payload = scorer.catalog_rows(context, rows)
+        candidates = [Candidate(item_id) for item_id in payload.keys]
+        scores = await self._two_stages(context, payload, candidates, top, deadline)
+        best = self.order(scores)[:k]
+        chosen = StagedScores(
+            scores.purchase_probability[best], scores.expected_quantity[best], scores.stage[best],
+            self.model_name, self.model_version,
+        )
+        chosen_rows = rows[best]
+        return Recommendation(
+            chosen_rows, [payload.keys[i] for i in best.tolist()], [scorer.texts[r] for r in chosen_rows.tolist()],
+            chosen, len(rows),
+        )
+
+    # -- stages -------------------------------------------------------------------
+    def _rerank_top(self, requested: int | None) -> int:
+        top = self.config.rerank_top if requested is None else int(requested)
+        if not 0 <= top <= self.config.max_rerank_top:
+            raise invalid("rerank_top", f"must be between 0 and {self.config.max_rerank_top} (max_rerank_top), got {top}")
+        return top
+
+    async def _cross_alone(self, context, candidates, deadline: float | None) -> StagedScores:
+        started = time.perf_counter()
+        scores = await self.cross.scores(context, candidates, _left(deadline))
+        self.metrics.observe_stage(Stage.CROSS_ENCODER.name.lower(), len(candidates), time.perf_counter() - started)
+        stage = np.full(len(candidates), Stage.CROSS_ENCODER, dtype=np.int8)
+        return StagedScores(
+            scores.purchase_probability, scores.expected_quantity, stage, self.model_name, self.model_version
+        )
+
+    async def _two_stages(self, context, rows, candidates: Sequence[ItemRef], top: int, deadline) -> StagedScores:
+        started = time.perf_counter()
+        probability, quantity = await self.ranker.batcher.submit(rows, rows.lengths, _left(deadline))
+        self.metrics.observe_stage(Stage.RANKER.name.lower(), len(rows.lengths), time.perf_counter() - started)
+        stage = np.full(len(probability), Stage.RANKER, dtype=np.int8)
+        if top > 0:
+            best = top_indices(probability, top)
+            started = time.perf_counter()
+            second = await self.cross.scores(context, [candidates[i] for i in best.tolist()], _left(deadline))
+            self.metrics.observe_stage(Stage.CROSS_ENCODER.name.lower(), len(best), time.perf_counter() - started)
+            probability, quantity = probability.copy(), quantity.copy()
+            probability[best] = second.purchase_probability
+            quantity[best] = second.expected_quantity
+            stage[best] = Stage.CROSS_ENCODER
+        return StagedScores(probability, quantity, stage, self.model_name, self.model_version)
+
+
+def _left(deadline: float | None) -> float | None:
+    """Seconds left before `deadline` (perf_counter time); None: no deadline."""
+    return None if deadline is None else deadline - time.perf_counter()
