@@ -234,22 +234,49 @@ def blend_scores(baskets: Sequence[Basket], tables: BehaviourTables, weight: flo
     return repeat + weight * cooc + 1e-6 * popularity
 
 
+def tune_blend_weights(
+    valid_baskets: Sequence[Basket],
+    tables: BehaviourTables,
+    grid: Sequence[float] = BLEND_GRID,
+    objectives: Sequence[str] = ("all",),
+) -> dict[str, tuple[float, dict[float, float]]]:
+    """Per objective slice: the grid weight with the best NDCG@10 on validation baskets, and every weight's.
+
+    The features are computed once and each weight is scored once for every objective.
+    """
+    from edgerec.export.evaluate import ranking_report
+
+    repeat, cooc, popularity = _blend_parts(valid_baskets, tables)
+    reports = {float(w): ranking_report(valid_baskets, repeat + w * cooc + 1e-6 * popularity) for w in grid}
+    out = {}
+    for objective in objectives:
+        results = {w: report[objective]["ndcg@10"] for w, report in reports.items()}
+        best = max(results, key=lambda w: (results[w], -w))  # ties: the smaller weight
+        out[objective] = (best, results)
+    return out
+
+
 def tune_blend_weight(
     valid_baskets: Sequence[Basket], tables: BehaviourTables, grid: Sequence[float] = BLEND_GRID, objective: str = "all"
 ) -> tuple[float, dict[float, float]]:
     """The grid weight with the best NDCG@10 on the `objective` slice of validation baskets, and every weight's."""
-    from edgerec.export.evaluate import ranking_report
-
-    repeat, cooc, popularity = _blend_parts(valid_baskets, tables)
-    results = {
-        float(w): ranking_report(valid_baskets, repeat + w * cooc + 1e-6 * popularity)[objective]["ndcg@10"] for w in grid
-    }
-    best = max(results, key=lambda w: (results[w], -w))  # ties: the smaller weight
-    return best, results
+    return tune_blend_weights(valid_baskets, tables, grid, (objective,))[objective]
 
 
-def repeat_cooccurrence_blend(tables: BehaviourTables, weight: float) -> Baseline:
-    return Baseline(f"repeat + co-occurrence (w={weight:g})", lambda baskets: blend_scores(baskets, tables, weight))
+def repeat_cooccurrence_blend(tables: BehaviourTables, weight: float, cache: dict | None = None) -> Baseline:
+    """`repeat_count + weight * cooc_sum` as a baseline. Blends sharing `tables` may share a `cache`
+    (a dict): each basket list's features are then computed once for all of them."""
+
+    def score(baskets: Sequence[Basket]) -> np.ndarray:
+        if cache is None:
+            return blend_scores(baskets, tables, weight)
+        held = cache.get(id(baskets))
+        if held is None or held[0] is not baskets:
+            held = cache[id(baskets)] = (baskets, _blend_parts(baskets, tables))
+        repeat, cooc, popularity = held[1]
+        return repeat + weight * cooc + 1e-6 * popularity
+
+    return Baseline(f"repeat + co-occurrence (w={weight:g})", score)
 
 
 def tfidf_similarity(items: dict[str, str]) -> Baseline:
@@ -303,9 +330,9 @@ def fit_behaviour_baselines(
     tuning_tables = behaviour_tables(prepared.purchases, starts["valid"], k=k)
     tables = tuning_tables if split == "valid" else behaviour_tables(prepared.purchases, starts[split], k=k)
     baselines, tuned = [], {"tables_before": str(starts[split]), "k": k, "blends": {}}
-    for objective in objectives:
-        weight, grid_ndcg = tune_blend_weight(prepared.splits["valid"], tuning_tables, grid, objective)
-        blend = repeat_cooccurrence_blend(tables, weight)
+    cache: dict = {}
+    for objective, (weight, grid_ndcg) in tune_blend_weights(prepared.splits["valid"], tuning_tables, grid, objectives).items():
+        blend = repeat_cooccurrence_blend(tables, weight, cache)
         if len(objectives) > 1:
             blend.name += f" [tuned on {objective}]"
         baselines.append(blend)

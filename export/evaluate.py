@@ -137,6 +137,22 @@ def _slice_masks(baskets: Sequence[Basket]) -> dict[str, np.ndarray]:
     return {"all": main, "repeat": main & repeat, "new": main & ~repeat, "cold": cold}
 
 
+def _per_basket_metrics(
+    baskets: Sequence[Basket], labels: np.ndarray, probs: np.ndarray, mask: np.ndarray
+) -> dict[str, np.ndarray]:
+    """NDCG@10, HR@10 and MRR of each basket's candidates in `mask`: {metric: float [n_baskets]}.
+
+    nan for a basket whose masked candidates are not both positive and negative (it is not ranked).
+    """
+    basket_of = np.repeat(np.arange(len(baskets)), [len(b.candidates) for b in baskets])[mask]
+    y = labels[mask]
+    out = metrics.list_metrics(basket_of, y, probs[mask], len(baskets), 10)
+    positives = np.bincount(basket_of, weights=y == 1, minlength=len(baskets))
+    negatives = np.bincount(basket_of, weights=y == 0, minlength=len(baskets))
+    ranked = (positives > 0) & (negatives > 0)
+    return {key: np.where(ranked, values, np.nan) for key, values in out.items()}
+
+
 def ranking_report(
     baskets: Sequence[Basket], probs: np.ndarray, quantities: np.ndarray | None = None
 ) -> dict[str, dict]:
@@ -153,26 +169,18 @@ def ranking_report(
     customers = np.array([b.customer_id for b in baskets for _ in b.candidates])
     if probs.shape != labels.shape:
         raise ValueError(f"got {probs.size} scores for {labels.size} candidates")
-    bounds = np.cumsum([0] + [len(b.candidates) for b in baskets])
     report = {}
     for name, mask in _slice_masks(baskets).items():
-        per_basket: dict[str, list[float]] = {"ndcg@10": [], "hr@10": [], "mrr": []}
-        for start, end in zip(bounds[:-1], bounds[1:]):
-            keep = mask[start:end]
-            y, s = labels[start:end][keep], probs[start:end][keep]
-            if y.size == 0 or y.all() or not y.any():
-                continue
-            per_basket["ndcg@10"].append(metrics.ndcg_at_k(y, s, 10))
-            per_basket["hr@10"].append(metrics.hit_rate_at_k(y, s, 10))
-            per_basket["mrr"].append(metrics.mrr(y, s))
+        per_basket = _per_basket_metrics(baskets, labels, probs, mask)
+        ranked = ~np.isnan(per_basket["mrr"])
         positives = mask & (labels == 1)
         entry = {
             "auc": metrics.auc(labels[mask], probs[mask]),
             "gauc": metrics.gauc(customers[mask], labels[mask], probs[mask]),
-            **{key: float(np.mean(values)) if values else float("nan") for key, values in per_basket.items()},
+            **{key: float(np.mean(values[ranked])) if ranked.any() else float("nan") for key, values in per_basket.items()},
             "rmse_quantity": float("nan"),
             "rmse_log_quantity": float("nan"),
-            "ranked_baskets": len(per_basket["mrr"]),
+            "ranked_baskets": int(ranked.sum()),
             "candidates": int(mask.sum()),
             "positives": int(positives.sum()),
             "customers": int(len(np.unique(customers[mask]))),
@@ -454,17 +462,13 @@ def bootstrap_replicates(
     out: dict[str, dict[str, np.ndarray]] = {}
     for name in slices:
         mask = masks[name]
-        per_basket = {m: np.full(n_baskets, np.nan) for m in ("ndcg@10", "hr@10", "mrr")}
+        per_basket = _per_basket_metrics(baskets, labels, probs, mask)
         positives, negatives = [], []
-        for b, (start, end) in enumerate(zip(bounds[:-1], bounds[1:])):
+        for start, end in zip(bounds[:-1], bounds[1:]):
             keep = mask[start:end]
             y, s = labels[start:end][keep], probs[start:end][keep]
             positives.append(s[y == 1])
             negatives.append(np.sort(s[y == 0]))
-            if y.size and y.any() and not y.all():
-                per_basket["ndcg@10"][b] = metrics.ndcg_at_k(y, s, 10)
-                per_basket["hr@10"][b] = metrics.hit_rate_at_k(y, s, 10)
-                per_basket["mrr"][b] = metrics.mrr(y, s)
         result = {}
         for metric, values in per_basket.items():
             ranked = ~np.isnan(values)

@@ -18,6 +18,14 @@ def _ranked_labels(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
     return labels[order]
 
 
+def _average_ranks(sorted_values: np.ndarray) -> np.ndarray:
+    """1-based ranks of an ascending array, runs of equal values sharing their average rank."""
+    n = len(sorted_values)
+    starts = np.r_[0, np.flatnonzero(sorted_values[1:] != sorted_values[:-1]) + 1]
+    ends = np.r_[starts[1:], n]
+    return np.repeat((starts + 1 + ends) / 2.0, ends - starts)
+
+
 def auc(labels: np.ndarray, scores: np.ndarray) -> float:
     """Area under the ROC curve (probability a positive outscores a negative); nan with one class."""
     labels = np.asarray(labels).astype(bool)
@@ -26,13 +34,8 @@ def auc(labels: np.ndarray, scores: np.ndarray) -> float:
     if positives == 0 or negatives == 0:
         return float("nan")
     order = np.argsort(scores, kind="stable")
-    sorted_scores = scores[order]
     ranks = np.empty(len(scores), dtype=float)
-    # average 1-based ranks over runs of equal scores
-    starts = np.r_[0, np.flatnonzero(np.diff(sorted_scores)) + 1]
-    ends = np.r_[starts[1:], len(scores)]
-    for start, end in zip(starts, ends):
-        ranks[order[start:end]] = (start + 1 + end) / 2.0
+    ranks[order] = _average_ranks(scores[order])
     return float((ranks[labels].sum() - positives * (positives + 1) / 2.0) / (positives * negatives))
 
 
@@ -40,19 +43,67 @@ def gauc(groups: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> float:
     """Per-group (user) AUC averaged with each group's number of impressions as weight.
 
     Groups with only positives or only negatives have no AUC and are skipped;
-    nan when no group has both.
+    nan when no group has both. Every group at once: one sort by (group, score),
+    average ranks over ties within a group (as `auc` per group).
     """
-    groups = np.asarray(groups)
-    labels = np.asarray(labels)
+    labels = np.asarray(labels).astype(bool)
     scores = np.asarray(scores, dtype=float)
-    total, weight = 0.0, 0
-    for group in np.unique(groups):
-        mask = groups == group
-        value = auc(labels[mask], scores[mask])
-        if not np.isnan(value):
-            total += value * int(mask.sum())
-            weight += int(mask.sum())
-    return total / weight if weight else float("nan")
+    if labels.size == 0:
+        return float("nan")
+    _, group = np.unique(np.asarray(groups), return_inverse=True)
+    group = group.reshape(-1)
+    order = np.lexsort((scores, group))
+    group, scores, labels = group[order], scores[order], labels[order]
+    n = len(group)
+    new_run = np.r_[True, (group[1:] != group[:-1]) | (scores[1:] != scores[:-1])]
+    starts = np.flatnonzero(new_run)
+    ends = np.r_[starts[1:], n]
+    first_of_group = np.searchsorted(group, group, side="left")
+    ranks = np.repeat((starts + 1 + ends) / 2.0, ends - starts) - first_of_group  # 1-based within the group
+    size = np.bincount(group).astype(float)
+    positives = np.bincount(group, weights=labels)
+    negatives = size - positives
+    rank_sum = np.bincount(group, weights=ranks * labels)
+    both = (positives > 0) & (negatives > 0)
+    if not both.any():
+        return float("nan")
+    p, q = positives[both], negatives[both]
+    per_group = (rank_sum[both] - p * (p + 1) / 2.0) / (p * q)
+    return float((per_group * size[both]).sum() / size[both].sum())
+
+
+def list_metrics(lists: np.ndarray, labels: np.ndarray, scores: np.ndarray, n_lists: int, k: int = 10) -> dict[str, np.ndarray]:
+    """NDCG@k, HR@k and MRR of many lists at once: {metric: float [n_lists]}, nan for a list without positives.
+
+    `lists` int [n]: each element's list id in [0, n_lists), non-decreasing (lists are contiguous);
+    `labels` and `scores` [n]. The same values as `ndcg_at_k`, `hit_rate_at_k` and `mrr` on each list
+    (ties keep the list's order), without a Python loop over lists.
+    """
+    lists = np.asarray(lists, dtype=np.int64)
+    labels = np.asarray(labels, dtype=float)
+    scores = np.asarray(scores, dtype=float)
+    n = len(lists)
+    starts = np.searchsorted(lists, np.arange(n_lists), side="left")
+    position = np.arange(n)
+
+    def ranked(order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return labels[order], position - starts[lists[order]]  # lists[order] == lists: a stable within-list sort
+
+    got, rank = ranked(np.lexsort((position, -scores, lists)))
+    ideal, ideal_rank = ranked(np.lexsort((position, -labels, lists)))
+    top, ideal_top = rank < k, ideal_rank < k
+    dcg = np.bincount(lists, weights=np.where(top, got / np.log2(rank + 2.0), 0.0), minlength=n_lists)
+    idcg = np.bincount(lists, weights=np.where(ideal_top, ideal / np.log2(ideal_rank + 2.0), 0.0), minlength=n_lists)
+    has_positive = np.bincount(lists, weights=labels != 0, minlength=n_lists) > 0
+    hit = np.bincount(lists, weights=top & (got > 0), minlength=n_lists) > 0
+    first = np.full(n_lists, np.inf)
+    np.minimum.at(first, lists[got > 0], rank[got > 0].astype(float))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return {
+            f"ndcg@{k}": np.where(idcg > 0, dcg / np.where(idcg > 0, idcg, 1.0), np.nan),
+            f"hr@{k}": np.where(has_positive, hit.astype(float), np.nan),
+            "mrr": np.where(np.isfinite(first), 1.0 / (first + 1.0), np.nan),
+        }
 
 
 def ndcg_at_k(labels: np.ndarray, scores: np.ndarray, k: int = 10) -> float:

@@ -10,11 +10,17 @@ Steps:
 5. the validation gate: every variant against PyTorch on validation baskets,
    then the CPU default: the faster of the int8 variants that pass, timed in
    sessions configured like the server's;
-6. the bundle folder (`edgerec.core.bundle` format);
-7. the TensorRT engine cache of the bundle's GPU variant, built as the server
+6. the two-tower ranker (on by default; `--no-ranker` leaves it out): train,
+   export, gate, evaluate on the whole test split (`ranker_export.py`);
+7. the bundle folder (`edgerec.core.bundle` format; `--cpu-only` leaves the
+   GPU-only fp16 variant out);
+8. the TensorRT engine cache of the bundle's GPU variant, built as the server
    will load it (skipped, in one line, without TensorRT; `tensorrt.py`);
-8. the bundle's .tar.gz;
-9. a Triton model repository beside it.
+9. the bundle's .tar.gz;
+10. a Triton model repository beside it;
+11. the offline latency of the served variants (`latency.py`).
+Each step logs its seconds; `<artifacts>/export/export_report.json` keeps them
+with the bundle's size (folder and archive) and the latency table.
 After the gate it prints a table of the variants: size, gate verdict, AUC and
 NDCG@10. A failing gate stops the export before anything is bundled (exit status 1).
 """
@@ -33,13 +39,15 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from edgerec.core.bundle import VOCAB_SIZE, ModelFiles, sha256_file
+from edgerec.core.bundle import DEVICE_OF, VOCAB_SIZE, ModelFiles, sha256_file
 from edgerec.core.featurize import EncodedBatch
 from edgerec.core.settings import add_arguments, from_arguments, from_jsonable, setting, to_jsonable
 from edgerec.core.signatures import CROSS_ENCODER
 from edgerec.export.bundle import build_bundle, pack_bundle
 from edgerec.export.data import DataConfig
-from edgerec.export.evaluate import EvalConfig, evaluate
+from edgerec.export.evaluate import EvalConfig, evaluate, main_only
+from edgerec.export.latency import LatencyConfig
+from edgerec.export.latency import measure as measure_latency
 from edgerec.export.model import Checkpoint, load_checkpoint
 from edgerec.export.onnx_export import OPSET
 from edgerec.export.optimize import expected_fusions
@@ -97,10 +105,26 @@ class ExportConfig:
         "", "force the bundle's CPU default variant (a precision); empty: the faster passing int8 variant"
     )
     ranker: bool = setting(
-        False,
-        "also train, export, gate, evaluate and bundle the two-tower ranker (`export/ranker_export.py`): about "
-        "4 more minutes on 2 cores, so off by default until the main job's 30-minute budget has room for it",
+        True,
+        "also train, export, gate, evaluate and bundle the two-tower ranker (`export/ranker_export.py`; about "
+        "4 minutes on 2 cores); --no-ranker leaves it out (a cross-encoder-only bundle)",
     )
+    cpu_only: bool = setting(
+        False,
+        "leave GPU-only variants (fp16) out of the bundle: a smaller bundle for a CPU-only edge box. The "
+        "manifest's GPU default is then the plain fp32 variant (it runs under CUDA too), so a GPU server "
+        "still opens the bundle",
+    )
+    latency: bool = setting(
+        True,
+        "measure the served variants' offline latency (ranker: 1, 100 and all catalog candidates; cross-encoder: "
+        "100) on real test customers after bundling (`export/latency.py`, well under 30 s) into the export report",
+    )
+
+    @property
+    def bundled_precisions(self) -> tuple[str, ...]:
+        """The cross-encoder precisions built and bundled: `precisions`, less GPU-only ones with `cpu_only`."""
+        return tuple(p for p in self.precisions if not (self.cpu_only and DEVICE_OF.get(p) == "gpu"))
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -113,11 +137,20 @@ class ExportConfig:
 
 # -- progress ----------------------------------------------------------------
 @contextlib.contextmanager
-def _step(number: int, total: int, title: str) -> Iterator[None]:
+def _step(number: int, total: int, title: str, seconds: dict[str, float] | None = None) -> Iterator[None]:
+    """Log the step's start and its seconds (also into `seconds[title]`)."""
     start = time.perf_counter()
     log.info("[%d/%d] %s ...", number, total, title)
     yield
-    log.info("[%d/%d] %s: done in %.1f s", number, total, title, time.perf_counter() - start)
+    elapsed = time.perf_counter() - start
+    if seconds is not None:
+        seconds[title] = round(elapsed, 1)
+    log.info("[%d/%d] %s: done in %.1f s", number, total, title, elapsed)
+
+
+def folder_bytes(root: Path) -> int:
+    """Bytes of every file under `root` (links followed once, dot-folders included)."""
+    return sum(path.stat().st_size for path in Path(root).rglob("*") if path.is_file())
 
 
 # -- int8 choice -------------------------------------------------------------
@@ -186,11 +219,14 @@ def summary_table(
 
 # -- the pipeline ------------------------------------------------------------
 def ensure_checkpoint(config: ExportConfig, train_config: TrainConfig) -> None:
-    """Train into `<artifacts>/checkpoint` unless a checkpoint is there already."""
+    """Train into `<artifacts>/checkpoint` unless a checkpoint is there already (without the training
+    report's validation scoring: see below)."""
     if (config.checkpoint_dir / "model.safetensors").exists():
         log.info("checkpoint %s exists: training skipped", config.checkpoint_dir)
         return
-    train(dataclasses.replace(train_config, output_dir=config.checkpoint_dir, data_dir=config.data_dir))
+    # valid_baskets=0: the gate's PyTorch reference scores `validation_baskets` validation baskets anyway
+    # (into the manifest); the training report's own 48 cost ~30 s on 2 cores for the same figures.
+    train(dataclasses.replace(train_config, output_dir=config.checkpoint_dir, data_dir=config.data_dir, valid_baskets=0))
 
 
 def ensure_evaluation(config: ExportConfig, eval_config: EvalConfig) -> dict[str, Any]:
@@ -235,8 +271,12 @@ def gate_variants(
     if config.cpu_default:
         choice = {"chosen": config.cpu_default, "rule": "set by --cpu-default", "candidates": {}}
     elif int8:
-        batches = encode_batches(validation, checkpoint.featurizer, config.batch_size)[: config.timing_batches]
-        choice = choose_int8(results, time_variants(int8, batches, config.timing_rounds, config.threads))
+        if len(int8) > 1:
+            batches = encode_batches(validation, checkpoint.featurizer, config.batch_size)[: config.timing_batches]
+            seconds = time_variants(int8, batches, config.timing_rounds, config.threads)
+        else:  # one int8 variant (the default: int8 static is not built): nothing to choose between, nothing to time
+            seconds = {p: float("nan") for p in int8}
+        choice = choose_int8(results, seconds)
         log.info("CPU int8 variant: %s (%s)", choice["chosen"], {p: round(c["seconds"], 3) for p, c in choice["candidates"].items()})
     else:
         choice = None
@@ -285,60 +325,88 @@ def export(
     gate: GateConfig = GateConfig(),
     triton: TritonConfig = TritonConfig(),
     ranker_config: RankerConfig = RankerConfig(),
+    latency_config: LatencyConfig = LatencyConfig(),
 ) -> Path:
     """Run every step; returns the bundle folder. Raises `GateFailed` if a variant fails its gate
-    (with `config.ranker`, also if a ranker combination fails)."""
-    total = 10 if config.ranker else 9
-    with _step(1, total, "checkpoint"):
+    (with `config.ranker`, also if a ranker combination fails).
+
+    Writes `<artifacts>/export/export_report.json`: each step's seconds, the bundle's version and size
+    (folder and archive), the latency table (`config.latency`) and the ranker's evaluation summary.
+    """
+    seconds: dict[str, float] = {}
+    started = time.perf_counter()
+    total = (10 if config.ranker else 9) + (1 if config.latency else 0)
+    with _step(1, total, "checkpoint", seconds):
         ensure_checkpoint(config, train_config)
-    with _step(2, total, "evaluation on the test split"):
+    with _step(2, total, "evaluation on the test split", seconds):
         evaluation = ensure_evaluation(config, eval_config)
     checkpoint = load_checkpoint(config.checkpoint_dir)
     featurizer = checkpoint.featurizer
-    with _step(3, total, "validation and calibration samples"):
+    with _step(3, total, "validation and calibration samples", seconds):
         data = prepare(data_config_of(checkpoint, train_config.data), cache_dir=config.data_dir)
         validation = sample(data.splits["valid"], config.validation_baskets, config.sample_seed)
         calibration_baskets = sample(data.splits["train"], config.calibration_baskets, config.sample_seed)
         calibration = encode_batches(calibration_baskets, featurizer, quantize.calibration_batch_size)
         calibration = calibration[: max(1, quantize.calibration_pairs // quantize.calibration_batch_size)]
         log.info("%d validation baskets, %d calibration batches", len(validation), len(calibration))
-    with _step(4, total, "variants: ONNX export, fusion, quantization, fp16"):
+    with _step(4, total, "variants: ONNX export, fusion, quantization, fp16", seconds):
         variants = build_variants(
             checkpoint.model,
             config.artifacts / "export" / "variants",
-            config.precisions,
+            config.bundled_precisions,
             calibration,
             featurizer.pad_id,
             quantize,
             config.opset,
         )
-    with _step(5, total, "validation gate"):
+    with _step(5, total, "validation gate", seconds):
         outcome = gate_variants(variants, checkpoint, validation, config, gate)
     print(summary_table(variants.paths, outcome.results, outcome.reference))
     enforce(outcome.results)
     ranker = None
     step = 6
     if config.ranker:
-        with _step(step, total, "two-tower ranker: train, export, gate, evaluate on the whole test split"):
+        with _step(step, total, "two-tower ranker: train, export, gate, evaluate on the whole test split", seconds):
             ranker = build_ranker(data, config.artifacts / "export" / "ranker", ranker_config, gate)
             report_path = config.artifacts / "export" / "ranker" / "ranker_report.json"
             report_path.write_text(json.dumps(to_jsonable(ranker.report), indent=1))
             print(ranker_summary_table(ranker.report))
             log.info("ranker report: %s", report_path)
         step += 1
-    with _step(step, total, "bundle folder"):
+    with _step(step, total, "bundle folder", seconds):
         root = bundle_export(
             config, checkpoint, variants, outcome, evaluation=evaluation, data_fingerprint=data.fingerprint, gate=gate,
             ranker=ranker,
         )
-    with _step(step + 1, total, "TensorRT engine cache"):
+    with _step(step + 1, total, "TensorRT engine cache", seconds):
         build_engine_cache(root, CROSS_ENCODER.name)
-    with _step(step + 2, total, "archive"):
+    with _step(step + 2, total, "archive", seconds):
         archive = pack_bundle(root)
-        log.info("bundle %s, archive %s (%.1f MB)", root, archive, archive.stat().st_size / 1e6)
-    with _step(step + 3, total, "Triton model repository"):
+        size = {"folder_mb": round(folder_bytes(root) / 1e6, 1), "archive_mb": round(archive.stat().st_size / 1e6, 1)}
+        log.info("bundle %s (%.1f MB), archive %s (%.1f MB)", root, size["folder_mb"], archive, size["archive_mb"])
+    with _step(step + 3, total, "Triton model repository", seconds):
         folder = write_repository(config.artifacts / "triton", config.bundle_name, variants.paths[outcome.default_cpu], triton)
         log.info("Triton model repository: %s", folder)
+    latency = None
+    if config.latency:
+        with _step(step + 4, total, "offline latency of the served variants", seconds):
+            latency = measure_latency(root, main_only(data.splits["test"]), latency_config)
+            print(latency["markdown"])
+    report = {
+        "step_seconds": seconds,
+        "total_seconds": round(time.perf_counter() - started, 1),
+        "bundle": {
+            "folder": str(root), "archive": str(archive), "version": root.name.rsplit("-", 1)[-1],
+            "cpu_only": config.cpu_only, "cross_encoder_variants": list(variants.paths), **size,
+        },
+        "latency": latency,
+        "ranker": None if ranker is None else {
+            "timings": ranker.report["timings"], "evaluation_summary": ranker_summary_table(ranker.report),
+        },
+    }
+    report_path = config.artifacts / "export" / "export_report.json"
+    report_path.write_text(json.dumps(to_jsonable(report), indent=1))
+    log.info("export report: %s (total %.1f s)", report_path, report["total_seconds"])
     return root
 
 
@@ -388,6 +456,7 @@ def cross_encoder_artifacts(
             "findings": list(variants.optimize.findings),
         },
         "int8_choice": outcome.int8_choice,
+        "cpu_only": config.cpu_only,  # GPU-only variants (fp16) left out; the GPU default is then fp32
         "sizes_mb": {p: round(path.stat().st_size / 1e6, 2) for p, path in paths.items()},
         "int8_size_ratio": {p: round(paths[p].stat().st_size / fp32_size, 4) for p in INT8 if p in paths and fp32_size},
     }

@@ -31,7 +31,13 @@ import numpy as np
 import pandas as pd
 
 from edgerec.core.bundle import ModelFiles
-from edgerec.export.baselines import behaviour_tables, fit_behaviour_baselines, history_before, repeat_frequency
+from edgerec.export.baselines import (
+    behaviour_tables,
+    fit_behaviour_baselines,
+    history_before,
+    popularity,
+    repeat_frequency,
+)
 from edgerec.export.evaluate import bootstrap_intervals, main_only, popularity_negatives, ranking_report
 from edgerec.export.ranker import ItemTower, save_ranker
 from edgerec.export.ranker_onnx import (
@@ -77,6 +83,10 @@ def tower_for(config: RankerConfig) -> ItemTower:
     return ItemTower.tiny(config.seed) if config.tiny else ItemTower.pretrained(config.item_layers)
 
 
+BLEND_OBJECTIVES = ("all", "new")  # the repeat + co-occurrence blend is tuned (on validation) for each slice
+MEDIAN_QUANTITY = "item past median quantity"  # quantity-only baseline: the item's median units per line
+
+
 def evaluate_on_test(
     prepared: PreparedData,
     model,
@@ -88,8 +98,21 @@ def evaluate_on_test(
 ) -> dict[str, Any]:
     """The ranker and the baselines on the whole test split: stored candidates and popularity negatives.
 
-    Returns {candidates: {model: {slice: {metric: value, "ci95": {metric: [low, high]}}}}, "sizes": ...}.
+    Baselines: the customer's repeat frequency, the repeat + co-occurrence blend tuned on validation
+    for each of `BLEND_OBJECTIVES` (all baskets, new-to-customer items), TF-IDF text similarity, and
+    for quantity only the item's past median quantity (units per line before the test split; its
+    RMSE on log quantity sits beside the ranker's). Returns {candidate set: {model: {slice: {metric:
+    value, "ci95": {metric: [low, high]}}}}, "sizes": ..., "timings": seconds per part}.
     """
+    timings: dict[str, float] = {}
+    mark = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal mark
+        now = time.perf_counter()
+        timings[name] = round(timings.get(name, 0.0) + now - mark, 2)
+        mark = now
+
     starts = split_starts(prepared.config)
     test = main_only(prepared.splits["test"])
     index = {item: i for i, item in enumerate(ids)}
@@ -98,19 +121,26 @@ def evaluate_on_test(
     bought = prepared.purchases.groupby("invoice")["item"].apply(set).to_dict()
     sets = {"stored": test, "popularity negatives": popularity_negatives(test, train_popularity, seed=0, exclude=bought)}
     past = history_before(prepared, "test")
-    blends, tuned = fit_behaviour_baselines(prepared, "test", objectives=("all",))
+    blends, tuned = fit_behaviour_baselines(prepared, "test", objectives=BLEND_OBJECTIVES)
     baselines = {"repeat frequency": repeat_frequency(past), **{b.name: b for b in blends}}
+    median_quantity = popularity(past).quantity
+    lap("baselines_s")
     out: dict[str, Any] = {"sizes": {name: {"baskets": len(b), "candidates": sum(len(x.candidates) for x in b)}
                                      for name, b in sets.items()},
                            "baseline_tuning": tuned, "resamples": resamples, "interval_unit": "customer"}
     for label, baskets in sets.items():
         encoded = encode_baskets(baskets, prepared.purchases, tables, index, config.max_history, progress)
+        lap("ranker_features_s")
         scores = {"ranker": score_encoded(model, matrix, encoded)}
+        lap("ranker_scoring_s")
         scores.update({name: (b.score(baskets), None) for name, b in baselines.items()})
+        lap("baseline_scoring_s")
         table = {}
         for name, (probabilities, quantities) in scores.items():
             report = ranking_report(baskets, probabilities, quantities)
+            lap("metrics_s")
             intervals = bootstrap_intervals(baskets, probabilities, resamples, seed=0, unit="customer", slices=EVAL_SLICES)
+            lap("bootstrap_s")
             table[name] = {
                 sl: {
                     **{m: report[sl][m] for m in EVAL_METRICS if m in report[sl]},
@@ -118,7 +148,11 @@ def evaluate_on_test(
                 }
                 for sl in EVAL_SLICES
             }
+        quantity = ranking_report(baskets, np.zeros(sum(len(b.candidates) for b in baskets)), median_quantity(baskets))
+        table[MEDIAN_QUANTITY] = {sl: {"rmse_log_quantity": quantity[sl]["rmse_log_quantity"]} for sl in EVAL_SLICES}
+        lap("metrics_s")
         out[label] = table
+    out["timings"] = timings
     return out
 
 
@@ -178,13 +212,24 @@ def build_ranker(
 
 
 def summary_table(report: dict[str, Any]) -> str:
-    """Markdown: NDCG@10 and GAUC (95% interval over customers) of the ranker and each baseline, per candidate set."""
-    lines = ["| candidates | model | NDCG@10 all | NDCG@10 new-to-customer | GAUC all |", "|---|---|---|---|---|"]
+    """Markdown: NDCG@10 and GAUC (95% interval over customers) and RMSE of log quantity of the ranker
+    and each baseline, per candidate set; a quantity-only baseline fills its RMSE cells only."""
+    lines = [
+        "| candidates | model | NDCG@10 all | NDCG@10 new-to-customer | GAUC all | GAUC new-to-customer "
+        "| RMSE log qty all | RMSE log qty new |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     evaluation = report["evaluation"]
     for label in ("stored", "popularity negatives"):
         for name, slices in evaluation[label].items():
             def cell(sl: str, metric: str) -> str:
+                if metric not in slices[sl] or not np.isfinite(slices[sl][metric]):
+                    return ""
+                if metric not in slices[sl].get("ci95", {}):
+                    return f"{slices[sl][metric]:.3f}"
                 low, high = slices[sl]["ci95"][metric]
                 return f"{slices[sl][metric]:.3f} [{low:.3f}, {high:.3f}]"
-            lines.append(f"| {label} | {name} | {cell('all', 'ndcg@10')} | {cell('new', 'ndcg@10')} | {cell('all', 'gauc')} |")
+            cells = [cell(sl, m) for m in ("ndcg@10", "gauc") for sl in EVAL_SLICES]
+            cells += [cell(sl, "rmse_log_quantity") for sl in EVAL_SLICES]
+            lines.append(f"| {label} | {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -11,6 +11,7 @@ from test_samples import COLD, X, Y, hand_made_shop
 from edgerec.core.behaviour import BehaviourTables
 from edgerec.export.baselines import (
     als,
+    behaviour_tables,
     blend_scores,
     co_occurrence,
     fit_baselines,
@@ -23,7 +24,7 @@ from edgerec.export.baselines import (
     tune_blend_weight,
 )
 from edgerec.export.data import DataConfig
-from edgerec.export.samples import Basket, prepare
+from edgerec.export.samples import Basket, prepare, split_starts
 
 
 @pytest.fixture(scope="module")
@@ -175,3 +176,22 @@ def test_behaviour_baselines_score_every_candidate(tiny_data):
         scores = baseline.score(baskets)
         assert scores.shape == (sum(len(b.candidates) for b in baskets),), baseline.name
         assert np.isfinite(scores).all()
+
+
+def test_a_blend_is_tuned_per_slice_each_as_if_tuned_alone(shop):
+    """The new-to-customer blend is chosen on validation's new slice, beside the one chosen on all baskets."""
+    grid = (0.0, 1.0, 10.0)
+    baselines, tuned = fit_behaviour_baselines(shop, "test", grid=grid, objectives=("all", "new"))
+    starts = split_starts(shop.config)
+    tables = behaviour_tables(shop.purchases, starts["valid"])
+    for objective in ("all", "new"):
+        weight, scores = tune_blend_weight(shop.splits["valid"], tables, grid, objective)
+        assert tuned["blends"][objective] == {"weight": weight, "valid_ndcg@10": scores}
+    names = [b.name for b in baselines]
+    assert names[:2] == [f"repeat + co-occurrence (w={tuned['blends'][o]['weight']:g}) [tuned on {o}]" for o in ("all", "new")]
+    # the two blends share one feature pass, and score as a blend built alone would
+    test = shop.splits["test"]
+    alone = blend_scores(test, behaviour_tables(shop.purchases, starts["test"]), tuned["blends"]["new"]["weight"])
+    np.testing.assert_allclose(baselines[1].score(test), alone)
+    all_weight = tuned["blends"]["all"]["weight"]
+    np.testing.assert_allclose(baselines[0].score(test), blend_scores(test, behaviour_tables(shop.purchases, starts["test"]), all_weight))

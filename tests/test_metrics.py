@@ -71,3 +71,31 @@ def test_rmse_hand_computed():
     assert metrics.rmse([1, 2, 3], [1, 2, 5]) == pytest.approx(math.sqrt(4 / 3))
     assert metrics.rmse([2.0], [2.0]) == 0.0
     assert math.isnan(metrics.rmse([], []))
+
+
+def _gauc_by_group(groups, labels, scores):
+    """GAUC's definition, one group at a time (what the vectorised `metrics.gauc` must equal)."""
+    total, weight = 0.0, 0
+    for group in np.unique(groups):
+        mask = groups == group
+        value = metrics.auc(labels[mask], scores[mask])
+        if not np.isnan(value):
+            total, weight = total + value * mask.sum(), weight + mask.sum()
+    return total / weight if weight else float("nan")
+
+
+def test_gauc_and_list_metrics_equal_their_one_list_definitions_with_ties():
+    rng = np.random.default_rng(5)
+    for _ in range(60):
+        sizes = rng.integers(1, 14, rng.integers(1, 12))
+        lists = np.repeat(np.arange(sizes.size), sizes)
+        labels = (rng.random(lists.size) < 0.3).astype(int)
+        scores = rng.integers(0, 4, lists.size).astype(float)  # many ties: list order must break them
+        groups = rng.integers(0, 4, lists.size)
+        assert metrics.gauc(groups, labels, scores) == pytest.approx(_gauc_by_group(groups, labels, scores), nan_ok=True)
+        every = metrics.list_metrics(lists, labels, scores, sizes.size, k=3)
+        for index in range(sizes.size):
+            y, s = labels[lists == index], scores[lists == index]
+            assert every["ndcg@3"][index] == pytest.approx(metrics.ndcg_at_k(y, s, 3), nan_ok=True)
+            assert every["hr@3"][index] == pytest.approx(metrics.hit_rate_at_k(y, s, 3), nan_ok=True)
+            assert every["mrr"][index] == pytest.approx(metrics.mrr(y, s), nan_ok=True)

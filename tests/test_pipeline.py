@@ -30,7 +30,7 @@ def test_int8_static_is_built_only_on_request() -> None:
 
 
 def test_export_trains_evaluates_exports_gates_and_bundles(tiny_data, tiny_gate, tmp_path: Path, capsys) -> None:
-    """Every step, the two-tower ranker's included (`--ranker`; the default export leaves it out: `exported_bundle`)."""
+    """Every step, the two-tower ranker's included (on by default), with the export report and latency table."""
     from edgerec.core.signatures import ITEM_TOWER, RANKER
     from edgerec.export.ranker_train import RankerConfig
     from edgerec.runtime.ranker import RankedItem, RankerScorer
@@ -39,7 +39,7 @@ def test_export_trains_evaluates_exports_gates_and_bundles(tiny_data, tiny_gate,
     tiny_training = TrainConfig(data=tiny_data.config, tiny=True, steps=3, batch_size=8, valid_baskets=0)
     tiny_ranker = RankerConfig(tiny=True, epochs=2, batch_baskets=8, proj_dim=16, hidden=32, threads=1)
     root = export(
-        ExportConfig(**{**QUICK.__dict__, "artifacts": artifacts, "precisions": PRECISIONS, "ranker": True}),
+        ExportConfig(**{**QUICK.__dict__, "artifacts": artifacts, "precisions": PRECISIONS}),
         tiny_training,
         EvalConfig(baskets=8, cold_baskets=8, baselines=False),
         gate=tiny_gate,
@@ -87,6 +87,26 @@ def test_export_trains_evaluates_exports_gates_and_bundles(tiny_data, tiny_gate,
     assert evaluation["sizes"]["stored"]["baskets"] == len([b for b in tiny_data.splits["test"] if b.labels])
     low, high = evaluation["stored"]["ranker"]["all"]["ci95"]["ndcg@10"]
     assert low <= evaluation["stored"]["ranker"]["all"]["ndcg@10"] <= high
+    blends = [name for name in evaluation["stored"] if name.startswith("repeat + co-occurrence")]
+    assert [name.rsplit("[", 1)[1] for name in blends] == ["tuned on all]", "tuned on new]"]
+    assert set(evaluation["baseline_tuning"]["blends"]) == {"all", "new"}
+    median = evaluation["stored"]["item past median quantity"]["all"]
+    assert set(median) == {"rmse_log_quantity"} and median["rmse_log_quantity"] > 0  # a quantity-only baseline
+    assert "| stored | item past median quantity |" in table
+    # the export report: every step's seconds, the bundle's size both ways, the latency table
+    export_report = json.loads((artifacts / "export" / "export_report.json").read_text())
+    assert {"checkpoint", "validation gate", "bundle folder", "archive"} <= set(export_report["step_seconds"])
+    assert any(title.startswith("two-tower ranker") for title in export_report["step_seconds"])
+    size = export_report["bundle"]
+    assert size["version"] == bundle.version and size["folder_mb"] > 0 and size["archive_mb"] > 0
+    catalog = len(bundle.featurizer().catalog)
+    rows = export_report["latency"]["rows"]
+    assert [(row["model"], row["candidates"]) for row in rows] == [
+        (RANKER.name, 1), (RANKER.name, min(100, catalog)), (RANKER.name, catalog), (CROSS_ENCODER.name, min(100, catalog))
+    ]
+    assert rows[0]["variant"] == "fp32" and rows[-1]["variant"] == model.default_variant["cpu"]
+    assert all(0 < row["onnx"]["p50_ms"] <= row["onnx"]["p99_ms"] for row in rows)
+    assert export_report["latency"]["markdown"] in table
     assert "| popularity negatives | ranker |" in table and "item_tower:fp32-optimized+ranker:fp32" in table
     # the served ranker reads what the export wrote: one row per catalog item
     scorer = RankerScorer(bundle)
@@ -117,3 +137,42 @@ def test_export_help_documents_the_settings(flag: str, capsys) -> None:
         main(["export", "--help"])
     assert flag in capsys.readouterr().out
 
+
+
+def test_a_cpu_only_bundle_leaves_gpu_variants_out_and_its_gpu_default_still_opens(
+    tiny_checkpoint: Path, tiny_data, tiny_gate, tmp_path: Path
+) -> None:
+    from edgerec.export.model import load_checkpoint
+    from edgerec.export.pipeline import bundle_export, gate_variants
+    from edgerec.export.variants import build_variants
+
+    assert "fp16" not in ExportConfig(cpu_only=True, precisions=PRECISIONS).bundled_precisions
+    assert set(ExportConfig(precisions=PRECISIONS).bundled_precisions) == set(PRECISIONS)
+    config = ExportConfig(artifacts=tmp_path, version="cpu", cpu_only=True, timing_batches=1, timing_rounds=1, batch_size=32)
+    assert "fp16" in config.precisions and "fp16" not in config.bundled_precisions
+    shutil.copytree(tiny_checkpoint, config.checkpoint_dir)
+    checkpoint = load_checkpoint(config.checkpoint_dir)
+    variants = build_variants(
+        checkpoint.model, tmp_path / "variants", config.bundled_precisions, pad_id=checkpoint.featurizer.pad_id, progress=False
+    )
+    outcome = gate_variants(variants, checkpoint, tiny_data.splits["valid"][:4], config, tiny_gate)
+    root = bundle_export(
+        config, checkpoint, variants, outcome, evaluation={}, data_fingerprint=tiny_data.fingerprint, gate=tiny_gate
+    )
+    model = open_bundle(root).model(CROSS_ENCODER.name)
+    assert "fp16" not in model.precisions and model.info["cpu_only"] is True
+    assert model.default_variant == {"cpu": "int8-dynamic", "gpu": "fp32"}
+    assert model.variant(device="gpu").precision == "fp32"  # a GPU server still finds its variant
+
+
+def test_export_runs_the_ranker_by_default_and_no_ranker_turns_it_off() -> None:
+    import argparse
+
+    from edgerec.core.settings import from_arguments
+    from edgerec.export.pipeline import configure
+
+    parser = argparse.ArgumentParser()
+    configure(parser)
+    read = lambda *flags: from_arguments(ExportConfig, parser.parse_args(list(flags)), "")  # noqa: E731
+    assert read().ranker is True and read("--ranker").ranker is True and read("--no-ranker").ranker is False
+    assert read().cpu_only is False and read("--cpu-only").cpu_only is True
