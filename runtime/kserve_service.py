@@ -1,17 +1,19 @@
 """gRPC transport of the KServe v2 / Open Inference Protocol (`inference.GRPCInferenceService`).
 
-Existing clients of the protocol (tritonclient, KServe clients) can call the
-served cross-encoder as a plain tensor model whose inputs, outputs, datatypes
-and shapes are its signature (`edgerec.core.signatures.CROSS_ENCODER`).
-The model is addressed by the bundle's name (`edgerec` in real bundles), as
-it always was, or by its own name (`cross_encoder`), so that each model of a
-bundle can be addressed by name; its version is the bundle's, and "" or "1"
-(the version folder of the Triton repository `edgerec export` writes) mean
-the version being served. Tensors arrive in typed contents or as raw
+Existing clients of the protocol (tritonclient, KServe clients) can call
+every served model of the bundle as a plain tensor model whose inputs,
+outputs, datatypes and shapes are its signature (`edgerec.core.signatures`):
+the cross-encoder by the bundle's name (`edgerec` in real bundles), as it
+always was, or by its own name (`cross_encoder`); on a two-stage bundle also
+`item_tower` and `ranker` (one customer per call). Each named axis has one
+size across a call's inputs, within the pipeline's `axis_limits`. A model's
+version is the bundle's, and "" or "1" (the version folder of the Triton
+repository `edgerec export` writes) mean the version being served. Tensors arrive in typed contents or as raw
 little-endian bytes; answers are always raw (`raw_output_contents`), as
 Triton answers, so Triton's clients read them. `RepositoryIndex` (Triton's
 model repository extension, read-only) lists the bundle's models. Rows go
-through the same batcher as `Recommender.Score`, each row one pair. This
+through the same batchers as `Recommender`'s calls (a cross-encoder row is
+one pair, a ranker candidate one row of the ranker's batcher). This
 module only decodes and encodes tensors and checks they match the signature;
 everything else is the pipeline's.
 """
@@ -25,7 +27,7 @@ import numpy as np
 
 from edgerec import __version__
 from edgerec.core.errors import EdgeRecError, ErrorCode, invalid
-from edgerec.core.signatures import CROSS_ENCODER, TensorSpec
+from edgerec.core.signatures import CROSS_ENCODER, ModelSignature, TensorSpec
 from edgerec.proto import grpc_service_pb2 as pb
 from edgerec.proto import grpc_service_pb2_grpc
 from edgerec.runtime.metrics import Metrics
@@ -83,23 +85,25 @@ class KServeService(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelMetadataResponse:
         served = self._served(request.name, request.version, "name")
+        signature = signature_of(served, request.name)
         tensor = pb.ModelMetadataResponse.TensorMetadata
         return pb.ModelMetadataResponse(
             name=request.name,
             versions=[served.version],
             platform=PLATFORM,
-            inputs=[tensor(name=t.name, datatype=t.kserve_datatype, shape=t.kserve_shape) for t in CROSS_ENCODER.inputs],
-            outputs=[tensor(name=t.name, datatype=t.kserve_datatype, shape=t.kserve_shape) for t in CROSS_ENCODER.outputs],
+            inputs=[tensor(name=t.name, datatype=t.kserve_datatype, shape=t.kserve_shape) for t in signature.inputs],
+            outputs=[tensor(name=t.name, datatype=t.kserve_datatype, shape=t.kserve_shape) for t in signature.outputs],
         )
 
     @rpc("ModelInfer")
     async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
         served = self._served(request.model_name, request.model_version, "model_name")
-        wanted = requested_outputs(request)
+        signature = signature_of(served, request.model_name)
+        wanted = requested_outputs(request, signature)
         pipeline = served.pipeline
-        tensors = decode_inputs(request, pipeline.max_rows, pipeline.max_length)
-        outputs = await pipeline.infer(tensors, context.time_remaining())
-        return encode_outputs(request, served.version, outputs, wanted)
+        tensors = decode_inputs(request, signature, pipeline.axis_limits(signature.name))
+        outputs = await pipeline.infer(tensors, context.time_remaining(), model=signature.name)
+        return encode_outputs(request, served.version, outputs, wanted, signature)
 
     @rpc("RepositoryIndex")
     async def RepositoryIndex(
@@ -130,8 +134,13 @@ class KServeService(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
 
 
 def model_names(served: ModelVersion) -> tuple[str, ...]:
-    """The names the cross-encoder answers to: the bundle's name, and the model's own."""
-    return (served.name, CROSS_ENCODER.name)
+    """The names served models answer to: the bundle's name (the cross-encoder), and each model's own."""
+    return (served.name, *served.pipeline.signatures())
+
+
+def signature_of(served: ModelVersion, name: str) -> ModelSignature:
+    """The signature of the model `name` addresses (the bundle's name: the cross-encoder)."""
+    return served.pipeline.signatures().get(name, CROSS_ENCODER)
 
 
 def repository_index(served: ModelVersion, ready: bool, only_ready: bool) -> pb.RepositoryIndexResponse:
@@ -145,7 +154,7 @@ def repository_index(served: ModelVersion, ready: bool, only_ready: bool) -> pb.
         state, reason = ("READY", "") if ready else ("UNAVAILABLE", "the server is draining")
         entries.append((name, state, reason))
     for name in served.bundle.models:
-        if name not in served.instances:
+        if name not in served.pipeline.signatures():
             entries.append((name, "UNAVAILABLE", "this edgerec version does not serve this model"))
     index = pb.RepositoryIndexResponse()
     for name, state, reason in sorted(entries):
@@ -154,30 +163,32 @@ def repository_index(served: ModelVersion, ready: bool, only_ready: bool) -> pb.
     return index
 
 
-def requested_outputs(request: pb.ModelInferRequest) -> list[str]:
+def requested_outputs(request: pb.ModelInferRequest, signature: ModelSignature = CROSS_ENCODER) -> list[str]:
     """Output names the client asked for, in its order; all outputs if it named none."""
     names = []
     for index, output in enumerate(request.outputs):
-        if output.name not in CROSS_ENCODER.output_names:
+        if output.name not in signature.output_names:
             raise invalid(
-                f"outputs[{index}].name", f"unknown output {output.name!r}; the model has {list(CROSS_ENCODER.output_names)}"
+                f"outputs[{index}].name", f"unknown output {output.name!r}; the model has {list(signature.output_names)}"
             )
         names.append(output.name)
-    return names or list(CROSS_ENCODER.output_names)
+    return names or list(signature.output_names)
 
 
-def decode_inputs(request: pb.ModelInferRequest, max_rows: int, max_length: int) -> dict[str, np.ndarray]:
-    """Every input of the signature, from typed or raw contents; INVALID_ARGUMENT names what is wrong.
+def decode_inputs(
+    request: pb.ModelInferRequest, signature: ModelSignature, limits: dict[str, tuple[int, int]]
+) -> dict[str, np.ndarray]:
+    """Every input of `signature`, from typed or raw contents; INVALID_ARGUMENT names what is wrong.
 
-    Dynamic axes are bounded: `batch` by `max_rows`, `sequence` by `max_length`.
+    Each named axis (`batch`, `sequence`, `candidates`, ...) has one size across the inputs, within
+    `limits[axis]` (smallest, largest); fixed axes must have their size.
     """
     raw = request.raw_input_contents
     if raw and len(raw) != len(request.inputs):
         raise invalid("raw_input_contents", f"{len(raw)} entries for {len(request.inputs)} inputs; give one per input")
-    limits = {"batch": max_rows, "sequence": max_length}
-    specs = {spec.name: spec for spec in CROSS_ENCODER.inputs}
+    specs = {spec.name: spec for spec in signature.inputs}
     tensors: dict[str, np.ndarray] = {}
-    shape: list[int] | None = None
+    sizes: dict[str, tuple[int, str]] = {}  # named axis -> (size, the input that set it)
     for index, tensor in enumerate(request.inputs):
         field = f"inputs[{index}]"
         spec = specs.get(tensor.name)
@@ -189,14 +200,20 @@ def decode_inputs(request: pb.ModelInferRequest, max_rows: int, max_length: int)
             raise invalid(f"{field}.datatype", f"{tensor.name} must be {spec.kserve_datatype}, got {tensor.datatype!r}")
         dims = list(tensor.shape)
         if not _fits(spec, dims, limits):
-            bounds = " and ".join(f"1 <= {axis} <= {limits[axis]}" for axis in spec.shape if axis in limits)
+            bounds = " and ".join(
+                f"{limits[axis][0]} <= {axis} <= {limits[axis][1]}" for axis in spec.shape if axis in limits
+            )
             raise invalid(
                 f"{field}.shape",
-                f"{tensor.name} must be [{', '.join(map(str, spec.shape))}] with {bounds}, got {dims}",
+                f"{tensor.name} must be [{', '.join(map(str, spec.shape))}]{' with ' + bounds if bounds else ''}, got {dims}",
             )
-        if shape is not None and dims != shape:
-            raise invalid(f"{field}.shape", f"{tensor.name} has shape {dims}, other inputs have {shape}")
-        shape = dims
+        for axis, size in zip(spec.shape, dims):
+            if isinstance(axis, str):
+                seen = sizes.setdefault(axis, (size, tensor.name))
+                if seen[0] != size:
+                    raise invalid(
+                        f"{field}.shape", f"{tensor.name} has {axis} {size}, but {seen[1]} has {axis} {seen[0]}"
+                    )
         count = int(np.prod(dims))
         dtype = spec.numpy_dtype.newbyteorder("<")
         if raw:
@@ -222,7 +239,7 @@ def decode_inputs(request: pb.ModelInferRequest, max_rows: int, max_length: int)
     return tensors
 
 
-def _fits(spec: TensorSpec, dims: list[int], limits: dict[str, int]) -> bool:
+def _fits(spec: TensorSpec, dims: list[int], limits: dict[str, tuple[int, int]]) -> bool:
     """Whether `dims` has the spec's rank, its fixed sizes, and dynamic sizes within their limits."""
     if len(dims) != len(spec.shape):
         return False
@@ -230,20 +247,26 @@ def _fits(spec: TensorSpec, dims: list[int], limits: dict[str, int]) -> bool:
         if isinstance(axis, int):
             if size != axis:
                 return False
-        elif not 1 <= size <= limits.get(axis, size):
-            return False
+        else:
+            low, high = limits.get(axis, (1, size))
+            if not low <= size <= high:
+                return False
     return True
 
 
 def encode_outputs(
-    request: pb.ModelInferRequest, version: str, outputs: dict[str, np.ndarray], wanted: list[str]
+    request: pb.ModelInferRequest,
+    version: str,
+    outputs: dict[str, np.ndarray],
+    wanted: list[str],
+    signature: ModelSignature = CROSS_ENCODER,
 ) -> pb.ModelInferResponse:
     """The response for the name the request used: each wanted output's name, datatype and shape in
     `outputs`, its data as little-endian bytes in `raw_output_contents` (same index), whatever form
     the request's inputs had. Triton answers so, and its clients read only the raw form."""
     response = pb.ModelInferResponse(model_name=request.model_name, model_version=version, id=request.id)
     for name in wanted:
-        spec = CROSS_ENCODER.output(name)
+        spec = signature.output(name)
         values = np.ascontiguousarray(outputs[name], dtype=spec.numpy_dtype.newbyteorder("<"))
         response.outputs.add(name=name, datatype=spec.kserve_datatype, shape=list(values.shape))
         response.raw_output_contents.append(values.tobytes())

@@ -226,9 +226,12 @@ def load_ranker(bundle: Bundle, config: Config, metrics: Metrics) -> RankerStage
             f"bundle {bundle.name} {bundle.version}: {scorer.catalog_size} catalog items, more than "
             f"ranker_max_queue_candidates ({batching.max_queue_pairs}); Recommend could never be admitted",
         )
-    name = f"{bundle.name}-{bundle.version}-ranker"
-    batcher = Batcher(batching, prepare_segments, run_segments, metrics.for_stage("ranker"), name, padded=False)
-    return RankerStage(scorer, batcher)
+    name = f"{bundle.name}-{bundle.version}"
+    batcher = Batcher(batching, prepare_segments, run_segments, metrics.for_stage("ranker"), f"{name}-ranker", padded=False)
+    tower_batcher = Batcher(
+        batching, prepare_segments, run_segments, metrics.for_stage("item_tower"), f"{name}-item-tower", padded=False
+    )
+    return RankerStage(scorer, batcher, tower_batcher)
 
 
 def embeddable_ids(bundle: Bundle, featurizer: Featurizer, backend: Backend) -> int:
@@ -381,7 +384,7 @@ class ModelVersion:
         return variants
 
     def _batchers(self) -> list[Batcher]:
-        ranker = [] if self.ranker is None else [self.ranker.batcher]
+        ranker = [] if self.ranker is None else [self.ranker.batcher, self.ranker.tower_batcher]
         return [instance.batcher for instance in self.instances.values()] + ranker
 
     # -- lifecycle ----------------------------------------------------------

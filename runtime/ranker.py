@@ -86,7 +86,8 @@ class CustomerRows:
     """The ranker batcher's payload: one customer's history and candidates; one unit of work per candidate.
 
     `lengths` int64 [N] (ones: a candidate costs one row of the head); `run(indices)` scores those
-    candidates (worker thread) -> (purchase probability, expected quantity), float32 [len(indices)] each.
+    candidates (worker thread) -> the `RANKER` outputs in signature order (purchase logit, probability,
+    log quantity, expected quantity), float32 [len(indices)] each.
     """
 
     __slots__ = ("scorer", "entries", "history_refs", "keys", "refs", "lengths", "pad_values")
@@ -100,8 +101,44 @@ class CustomerRows:
         self.lengths = np.ones(len(keys), dtype=np.int64)
         self.pad_values: dict[str, int] = {}
 
-    def run(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def run(self, indices: np.ndarray) -> tuple[np.ndarray, ...]:
         return self.scorer._run(self, indices)
+
+
+class RankerFeeds:
+    """A KServe ModelInfer call of the `ranker` model: ready feeds (one customer), one unit per candidate.
+    `run(indices)` runs those candidates' rows with the whole history -> every output in signature order."""
+
+    __slots__ = ("session", "feeds", "lengths", "pad_values")
+
+    def __init__(self, session, feeds: dict[str, np.ndarray]) -> None:
+        self.session = session
+        self.feeds = feeds
+        self.lengths = np.ones(len(feeds[RANKER.input_names[4]]), dtype=np.int64)
+        self.pad_values: dict[str, int] = {}
+
+    def run(self, indices: np.ndarray) -> tuple[np.ndarray, ...]:
+        feeds = dict(self.feeds)
+        for name in RANKER.input_names[4:]:  # candidate_embeddings, candidate_features: rows are candidates
+            feeds[name] = self.feeds[name][indices]
+        return tuple(self.session.run(list(RANKER.output_names), feeds))
+
+
+class TowerFeeds:
+    """A KServe ModelInfer call of the `item_tower` model: token-id rows, one unit per item.
+    `run(indices)` embeds those rows in one call (padded as the client sent them) -> (item_embedding,)."""
+
+    __slots__ = ("session", "feeds", "lengths", "pad_values")
+
+    def __init__(self, session, feeds: dict[str, np.ndarray]) -> None:
+        self.session = session
+        self.feeds = feeds
+        self.lengths = np.ones(len(feeds[ITEM_TOWER.input_names[0]]), dtype=np.int64)
+        self.pad_values: dict[str, int] = {}
+
+    def run(self, indices: np.ndarray) -> tuple[np.ndarray, ...]:
+        feeds = {name: values[indices] for name, values in self.feeds.items()}
+        return tuple(self.session.run(list(ITEM_TOWER.output_names), feeds))
 
 
 class RankerScorer:
@@ -201,10 +238,16 @@ class RankerScorer:
         `history` newest first; raises INVALID_ARGUMENT naming the field at fault.
         """
         rows = self.rows(history, candidates)
-        return rows.run(np.arange(len(rows.keys)))
+        _logit, probability, _log_quantity, quantity = rows.run(np.arange(len(rows.keys)))
+        return probability, quantity
 
-    def _run(self, rows: CustomerRows, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Score `rows`' candidates at `indices` (worker thread): one ranker call."""
+    @property
+    def dim(self) -> int:
+        """Width of the item embeddings (the `dim` axis of both models)."""
+        return int(self.embeddings.shape[1])
+
+    def _run(self, rows: CustomerRows, indices: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Score `rows`' candidates at `indices` (worker thread): one ranker call, every output."""
         indices = np.asarray(indices, dtype=np.int64)
         refs = rows.refs[indices] if isinstance(rows.refs, np.ndarray) else [rows.refs[i] for i in indices.tolist()]
         keys = [rows.keys[i] for i in indices.tolist()]
@@ -226,5 +269,4 @@ class RankerScorer:
         index = {entry.key: row for entry, row in zip(rows.entries, history_rows)}
         features = behaviour_features(rows.entries, keys, self.tables)
         feeds = ranker_feeds(embeddings, history_arrays(rows.entries, index, MAX_HISTORY), candidate_rows, features)
-        probability, quantity = self.ranker.run(["purchase_probability", "expected_quantity"], feeds)
-        return probability, quantity
+        return tuple(self.ranker.run(list(RANKER.output_names), feeds))

@@ -41,9 +41,11 @@ import numpy as np
 from edgerec.core.errors import EdgeRecError, ErrorCode, invalid
 from edgerec.core.featurize import item_key
 from edgerec.core.ranking import top_indices, two_stage_order
+from edgerec.core.signatures import CROSS_ENCODER, ITEM_TOWER, RANKER, RANKER_SIGNATURES, ModelSignature
 from edgerec.runtime.config import RankerConfig
 from edgerec.runtime.metrics import Metrics
 from edgerec.runtime.pipeline import Candidate, ContextRef, CrossEncoderPipeline, ItemRef
+from edgerec.runtime.ranker import RankerFeeds, TowerFeeds
 
 if TYPE_CHECKING:
     from edgerec.runtime.batcher import Batcher
@@ -91,16 +93,19 @@ class Recommendation:
 
 
 class RankerStage:
-    """The ranker's scorer and the batcher that feeds it (one per model version)."""
+    """The ranker's scorer, the batcher that feeds it (Score/Rank/Recommend and KServe calls of `ranker`),
+    and the item tower's batcher (KServe calls of `item_tower`); one per model version."""
 
-    def __init__(self, scorer: "RankerScorer", batcher: "Batcher") -> None:
+    def __init__(self, scorer: "RankerScorer", batcher: "Batcher", tower_batcher: "Batcher") -> None:
         self.scorer = scorer
         self.batcher = batcher
+        self.tower_batcher = tower_batcher
 
 
-def run_segments(prepared: Sequence[tuple[object, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-    """The ranker batcher's `execute`: one ranker call per request segment of the batch (its user side
-    once, the head over that segment's candidates); outputs concatenated in segment order."""
+def run_segments(prepared: Sequence[tuple[object, np.ndarray]]) -> tuple[np.ndarray, ...]:
+    """A ranker-side batcher's `execute`: one model call per request segment of the batch (for the
+    ranker: its user side once, the head over that segment's candidates); outputs concatenated in
+    segment order. Every payload of one batcher returns the same outputs (its model's, in order)."""
     outputs = [payload.run(indices) for payload, indices in prepared]
     return tuple(np.concatenate(column) for column in zip(*outputs))
 
@@ -123,17 +128,58 @@ class TwoStagePipeline:
         self.model_name = cross.model_name
         self.model_version = cross.model_version
 
-    # KServe ModelInfer and its limits are the cross-encoder's.
-    @property
-    def max_rows(self) -> int:
-        return self.cross.max_rows
+    # -- KServe ModelInfer: every model by name ----------------------------------
+    def signatures(self) -> dict[str, ModelSignature]:
+        """The models callable with raw tensors, by name: the cross-encoder, and the ranker's two models."""
+        models = {CROSS_ENCODER.name: CROSS_ENCODER}
+        if self.ranker is not None:
+            models.update(RANKER_SIGNATURES)
+        return models
 
-    @property
-    def max_length(self) -> int:
-        return self.cross.max_length
+    def axis_limits(self, model: str) -> dict[str, tuple[int, int]]:
+        """(smallest, largest) size of each named axis of `model`'s tensors in one ModelInfer call."""
+        rows, length = self.cross.max_rows, self.cross.max_length
+        if model == CROSS_ENCODER.name:
+            return {"batch": (1, rows), "sequence": (1, length)}
+        dim = self.ranker.scorer.dim
+        if model == ITEM_TOWER.name:
+            return {"items": (1, rows), "sequence": (2, self.cross.featurizer.config.max_item_tokens + 2), "dim": (dim, dim)}
+        return {
+            "history": (1, max(1, self.cross.limits.max_context_items)),
+            "candidates": (1, self.ranker.batcher.config.max_batch_size),
+            "dim": (dim, dim),
+        }
 
-    async def infer(self, tensors: dict[str, np.ndarray], timeout: float | None = None, field: str = "inputs"):
-        return await self.cross.infer(tensors, timeout, field)
+    async def infer(
+        self, tensors: dict[str, np.ndarray], timeout: float | None = None, field: str = "inputs", model: str = CROSS_ENCODER.name
+    ) -> dict[str, np.ndarray]:
+        """Run one model on ready tensors (every input of its signature, shapes checked by the caller
+        against `axis_limits`); every output by name. Values are checked here: INVALID_ARGUMENT names
+        the input. Each row (pair, item, candidate) is one unit of its model's batcher."""
+        if model == CROSS_ENCODER.name:
+            return await self.cross.infer(tensors, timeout, field)
+        if model not in self.signatures():
+            raise EdgeRecError(ErrorCode.NOT_FOUND, f"no model {model!r} in this bundle", "model_name")
+        scorer = self.ranker.scorer
+        if model == ITEM_TOWER.name:
+            ids_name, mask_name = ITEM_TOWER.input_names
+            vocab = self.cross.vocab_size
+            ids, mask = tensors[ids_name], tensors[mask_name]
+            if ((ids < 0) | (ids >= vocab)).any():
+                raise invalid(f"{field}.{ids_name}", f"token ids must be in [0, {vocab})")
+            if not np.isin(mask, (0, 1)).all() or not mask.any(axis=1).all():
+                raise invalid(f"{field}.{mask_name}", "values must be 0 or 1, with at least one 1 per row")
+            payload, batcher, signature = TowerFeeds(scorer.tower, tensors), self.ranker.tower_batcher, ITEM_TOWER
+        else:
+            for spec in RANKER.inputs:
+                values = tensors[spec.name]
+                if values.dtype.kind == "f" and not np.isfinite(values).all():
+                    raise invalid(f"{field}.{spec.name}", "values must be finite")
+            if not np.isin(tensors["history_mask"], (0, 1)).all():
+                raise invalid(f"{field}.history_mask", "values must be 0 or 1")
+            payload, batcher, signature = RankerFeeds(scorer.ranker, tensors), self.ranker.batcher, RANKER
+        outputs = await batcher.submit(payload, payload.lengths, timeout)
+        return dict(zip(signature.output_names, outputs))
 
     # -- Score / Rank -----------------------------------------------------------
     async def score(
@@ -258,7 +304,7 @@ class TwoStagePipeline:
 
     async def _two_stages(self, context, rows, candidates: Sequence[ItemRef], top: int, deadline) -> StagedScores:
         started = time.perf_counter()
-        probability, quantity = await self.ranker.batcher.submit(rows, rows.lengths, _left(deadline))
+        _logit, probability, _log_quantity, quantity = await self.ranker.batcher.submit(rows, rows.lengths, _left(deadline))
         self.metrics.observe_stage(Stage.RANKER.name.lower(), len(rows.lengths), time.perf_counter() - started)
         stage = np.full(len(probability), Stage.RANKER, dtype=np.int8)
         if top > 0:

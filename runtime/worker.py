@@ -253,6 +253,9 @@ class Worker:
                 outputs, error = None, None
                 try:
                     outputs = self._execute(prepared)
+                    wrong = [tuple(out.shape) for out in outputs if out.ndim < 1 or len(out) != batch.rows]
+                    if wrong:  # answered as a model failure, never scattered wrongly
+                        raise ValueError(f"the model returned outputs of shapes {wrong} for a batch of {batch.rows} rows")
                 except Exception as exc:
                     error = exc
                 if not self._post(self._complete, batch, outputs, time.perf_counter() - started, error):
@@ -307,7 +310,7 @@ class Worker:
             request, count = segment.request, len(segment.indices)
             if not request.finished:
                 if request.outputs is None:
-                    request.outputs = [np.empty(request.size, dtype=out.dtype) for out in outputs]
+                    request.outputs = [np.empty((request.size, *out.shape[1:]), dtype=out.dtype) for out in outputs]
                 for target, out in zip(request.outputs, outputs):
                     target[segment.indices] = out[row : row + count]
             row += count

@@ -292,6 +292,34 @@ def test_a_backend_failure_fails_only_that_batchs_requests():
     assert metrics.value("edgerec_batch_failures_total") == 1
 
 
+def test_rows_of_several_values_come_back_whole_and_outputs_of_the_wrong_length_fail_the_request():
+    """An output may be [rows, dim] (the item tower's embeddings); one whose first axis is not the
+    batch's rows is a model failure (INTERNAL), never a request left waiting."""
+
+    async def main():
+        backend = FakeBackend()
+        execute = backend.execute
+
+        def wide(values):
+            doubled, _ = execute(values)
+            if 13.0 in values:
+                return (doubled[:-1],)  # one row short
+            return (np.stack([doubled, doubled + 1.0], axis=1),)
+
+        batcher = await Batcher(config(max_batch_size=2), backend.prepare, wide, Metrics()).start()
+        outcomes = await asyncio.gather(
+            batcher.submit(np.array([1.0, 2.0, 3.0]), np.array([8, 8, 8])),
+            batcher.submit(np.array([13.0]), np.array([8])),
+            return_exceptions=True,
+        )
+        await batcher.drain()
+        return outcomes
+
+    (good, bad) = run(main())
+    np.testing.assert_array_equal(good[0], [[2.0, 3.0], [4.0, 5.0], [6.0, 7.0]])
+    assert isinstance(bad, EdgeRecError) and bad.code is ErrorCode.INTERNAL
+
+
 def test_a_batch_that_cannot_be_prepared_fails_only_its_requests():
     async def main():
         backend = FakeBackend()

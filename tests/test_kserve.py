@@ -31,7 +31,7 @@ from edgerec.export.triton import TritonConfig, write_repository
 from edgerec.proto import grpc_service_pb2 as kserve
 from edgerec.proto import grpc_service_pb2_grpc as kserve_grpc
 from edgerec.runtime import kserve_service
-from server_helpers import catalog_ids
+from server_helpers import catalog_ids, make_config
 
 TIMEOUT = 20  # seconds; every call is bounded
 
@@ -246,3 +246,60 @@ def test_reflection_describes_every_served_service(channel):
     assert methods["grpc.health.v1.Health"] >= {"Check", "Watch"}
     index = pool.FindMessageTypeByName("inference.RepositoryIndexResponse.ModelIndex")
     assert [(f.name, f.number) for f in index.fields] == [("name", 1), ("version", 2), ("state", 3), ("reason", 4)]
+
+
+# -- a two-stage bundle: every model by name ------------------------------------------------------
+def test_tritonclient_lists_and_calls_each_model_of_a_two_stage_bundle(tiny_two_stage_bundle):
+    """item_tower and ranker beside the cross-encoder: listed READY, each with its own metadata, each
+    callable with raw tensors; their answers equal the bundle's ONNX files run directly."""
+    from edgerec.core.bundle import open_bundle
+    from edgerec.core.ranker_inputs import encode_item_texts
+    from edgerec.core.sessions import create_session
+    from edgerec.core.signatures import ITEM_TOWER, RANKER
+    from edgerec.runtime.server import start_server
+
+    bundle = open_bundle(tiny_two_stage_bundle)
+    handle = start_server(make_config(tiny_two_stage_bundle, precision="fp32"))
+    client = triton.InferenceServerClient(handle.target)
+    try:
+        index = client.get_model_repository_index(as_json=True)
+        assert {m["name"] for m in index["models"] if m["state"] == "READY"} == {
+            "tiny", "cross_encoder", "item_tower", "ranker"
+        }
+        for signature in (ITEM_TOWER, RANKER):
+            metadata = client.get_model_metadata(signature.name, as_json=True)
+            assert [t["name"] for t in metadata["inputs"]] == list(signature.input_names)
+            assert [t["name"] for t in metadata["outputs"]] == list(signature.output_names)
+
+        def call(model, feeds):
+            inputs = []
+            for spec in model.inputs:
+                values = feeds[spec.name]
+                tensor = triton.InferInput(spec.name, list(values.shape), spec.kserve_datatype)
+                tensor.set_data_from_numpy(values)
+                inputs.append(tensor)
+            result = client.infer(model.name, inputs)
+            direct = create_session(bundle.variant_path(model.name)).session.run(list(model.output_names), feeds)
+            for name, expected in zip(model.output_names, direct):
+                np.testing.assert_array_equal(result.as_numpy(name), expected)
+
+        ids, mask = encode_item_texts(bundle.featurizer(), ["RED METAL LANTERN", "SET OF 3 CAKE TINS"])
+        call(ITEM_TOWER, {"input_ids": ids, "attention_mask": mask})
+        rng = np.random.default_rng(0)
+        embeddings = np.load(bundle.data_path("item_embeddings"))
+        feeds = {
+            "history_embeddings": embeddings[:3], "history_counts": np.array([2, 1, 1], np.float32),
+            "history_days": np.array([3, 40, 365], np.float32), "history_mask": np.array([1, 1, 0], np.int64),
+            "candidate_embeddings": embeddings[5:12],
+            "candidate_features": rng.random((7, RANKER.inputs[5].shape[1])).astype(np.float32),
+        }
+        call(RANKER, feeds)
+
+        # one size per named axis: 7 candidates' embeddings with 6 candidates' features is refused
+        bad = dict(feeds, candidate_features=feeds["candidate_features"][:6])
+        with pytest.raises(triton.InferenceServerException) as refused:
+            call(RANKER, bad)
+        assert refused.value.status() == "StatusCode.INVALID_ARGUMENT" and "candidates" in refused.value.message()
+    finally:
+        client.close()
+        handle.stop()
