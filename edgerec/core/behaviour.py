@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import itertools
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -331,14 +332,18 @@ def behaviour_features(
     n = len(candidates)
     out = np.zeros((n, NUM_FEATURES), dtype=np.float32)
     own = {e.key: e for e in entries}
-    cand_rows = np.array([tables.index_of(c) for c in candidates], dtype=np.int64)
+    # Vectorised over the candidates (a whole-catalog call has thousands): one dict lookup each.
+    cand_rows = np.fromiter(map(tables._index.get, candidates, itertools.repeat(-1, n)), dtype=np.int64, count=n)
     known = cand_rows >= 0
     rows = cand_rows[known]
 
-    counts = np.array([own[c].count if c in own else 0 for c in candidates], dtype=np.float64)
-    days = np.array(
-        [own[c].days_ago if c in own and own[c].days_ago is not None else np.nan for c in candidates], dtype=np.float64
-    )
+    counts = np.zeros(n, dtype=np.float64)
+    days = np.full(n, np.nan, dtype=np.float64)
+    for i in [i for i, c in enumerate(candidates) if c in own]:
+        entry = own[candidates[i]]
+        counts[i] = entry.count
+        if entry.days_ago is not None:
+            days[i] = entry.days_ago
     bought = counts > 0
     out[:, _COLUMN["log_times_bought"]] = np.log1p(counts)
     out[:, _COLUMN["days_since_bought"]] = np.where(np.isnan(days), DAYS_CAP, np.minimum(days, DAYS_CAP)) / DAYS_CAP

@@ -67,7 +67,12 @@ def ranker_feeds(
     history_mask = np.zeros(slots, np.int64)
     history_mask[: len(rows)] = 1
     candidate_rows = np.asarray(candidate_rows, np.int64)
-    candidates = embeddings[np.maximum(candidate_rows, 0)] * (candidate_rows >= 0)[:, None]
+    if len(candidate_rows) == len(embeddings) and (candidate_rows == np.arange(len(embeddings))).all():
+        candidates = embeddings  # every row in order (a whole-catalog call): no copy
+    elif (candidate_rows >= 0).all():
+        candidates = embeddings[candidate_rows]
+    else:
+        candidates = embeddings[np.maximum(candidate_rows, 0)] * (candidate_rows >= 0)[:, None]
     values = (
         history_embeddings,
         history_counts,
