@@ -21,8 +21,10 @@ Score, Rank and Recommend of `edgerec.v1.Recommender` land here
   alone (stage CROSS_ENCODER, `rerank_top` ignored) and refuses Recommend
   with FAILED_PRECONDITION.
 
-Both stages answer on one scale, a purchase probability (each model's
-sigmoid, trained with cross-entropy on the same baskets). Errors:
+Both stages answer with a purchase probability (each model's sigmoid,
+trained with cross-entropy on the same baskets, each against its own
+negatives: not calibrated against each other, so re-ranked candidates are
+ordered among themselves and placed first). Errors:
 INVALID_ARGUMENT naming the field; each batcher's RESOURCE_EXHAUSTED,
 DEADLINE_EXCEEDED (the deadline covers both stages), UNAVAILABLE, INTERNAL.
 Metrics: `Metrics.observe_stage` per stage a request went through.
