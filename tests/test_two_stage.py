@@ -187,3 +187,55 @@ def test_a_bundle_without_the_ranker_scores_with_the_cross_encoder_and_refuses_r
     with pytest.raises(grpc.RpcError) as caught:
         stub.Recommend(build_recommend_request(k=3))
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "no ranker" in caught.value.details()
+
+
+def test_hot_reload_under_recommend_and_score_load_drops_nothing_and_keeps_the_stage_metrics(
+    tiny_two_stage_bundle, tmp_path
+):
+    """A reload builds a new ranker stage (its batchers report into the same `edgerec_ranker_*` series);
+    requests in flight on the old version finish, none fails."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from server_helpers import copy_bundle
+
+    ids = catalog_ids(tiny_two_stage_bundle)
+    new_bundle = copy_bundle(tiny_two_stage_bundle, tmp_path / "tiny-v3", "v3")
+    codes, versions, stop = [], set(), threading.Event()
+
+    def client(kind: int) -> None:
+        try:
+            with grpc.insecure_channel(handle.target) as channel:
+                stub = recommender_pb2_grpc.RecommenderStub(channel)
+                while not stop.is_set():
+                    try:
+                        if kind:
+                            reply = stub.Recommend(build_recommend_request([(ids[1], "", 2, 3.0)], k=5), timeout=10)
+                        else:
+                            reply = stub.Score(build_score_request(ids[:8], [ids[2]], rerank_top=2), timeout=10)
+                        versions.add(reply.model_version)
+                        codes.append("OK")
+                    except grpc.RpcError as error:
+                        codes.append(error.code().name)
+        finally:
+            stop.set()
+
+    def wait_for(count: int) -> None:
+        for _ in range(2000):
+            if len(codes) >= count or stop.is_set():
+                return
+            stop.wait(0.01)
+
+    with start_server(make_config(tiny_two_stage_bundle, max_queue_delay_ms=1)) as handle:
+        with ThreadPoolExecutor(3) as pool:
+            clients = [pool.submit(client, k % 2) for k in range(3)]
+            try:
+                wait_for(20)
+                assert handle.reload(new_bundle)
+                wait_for(len(codes) + 20)
+            finally:
+                stop.set()
+            for future in clients:
+                future.result()
+        assert set(codes) == {"OK"} and versions == {"two", "v3"}
+        assert handle.metrics.value("edgerec_ranker_pairs_scored_total") > 0
