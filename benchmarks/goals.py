@@ -7,7 +7,11 @@ against figures from another day or another machine.
 - int8 on CPU: at least 2.5x PyTorch fp32's pairs/s at batch 32, sequence
   128, with AUC within 0.5% (relative) of PyTorch's on the same baskets;
 - the batching server: at least 0.85x the offline runner's pairs/s at
-  concurrency 64, and at least 3x the same server with batching off.
+  concurrency 64, and at least 3x the same server with batching off;
+- the two-stage server (`two_stage_goals`): Rank of 100 candidates p99 <= 50
+  ms at concurrency 4 with the ranker alone and <= 150 ms with the top 20
+  re-ranked, Recommend over the whole catalog p99 <= 50 ms at concurrency 4,
+  and the ranker path >= 20x the cross-encoder path's candidates/s.
 
 The offline runner's pairs/s "at the same batch size" takes the grid's batch
 size nearest the server's mean batch, at the requests' mean pair length
@@ -233,3 +237,106 @@ def serving_path_goals(
             }
         )
     return goals_out
+
+
+RANKER_P99_MS = 50.0
+RERANK_P99_MS = 150.0
+RECOMMEND_P99_MS = 50.0
+RANKER_VS_CROSS_ENCODER = 20.0
+
+
+def _scenario(scenarios: Sequence[Mapping[str, Any]], rpc: str, path: str, rerank_top: int | None = None):
+    return next(
+        (
+            s
+            for s in scenarios
+            if s["rpc"] == rpc and s["path"] == path and (rerank_top is None or s["rerank_top"] == rerank_top)
+        ),
+        None,
+    )
+
+
+def _p99_goal(goal: dict[str, Any], scenario: Mapping[str, Any] | None, concurrency: int, limit_ms: float) -> dict[str, Any]:
+    """p99 of `scenario`'s closed-loop level at `concurrency` <= `limit_ms`, every request of the level answered."""
+    if scenario is None:
+        return _unmeasured(goal, "the scenario was not run (see the two-stage settings)")
+    level = next((lv for lv in scenario["closed_loop"] if lv["level"] == concurrency), None)
+    if level is None:
+        return _unmeasured(goal, f"closed-loop concurrency {concurrency} was not run")
+    p99 = level["p99_ms"]
+    if p99 is None:
+        return _unmeasured(goal, f"no request answered at concurrency {concurrency}")
+    failed = sum(level["failures"].values()) + level["unfinished"]
+    measured = {"concurrency": concurrency, "p50_ms": level["p50_ms"], "p99_ms": p99, "answered": level["answered"],
+                "failed": failed, "requests_per_s": level["requests_per_s"]}  # fmt: skip
+    summary = f"p99 {p99:,.1f} ms (p50 {level['p50_ms']:,.1f} ms, {level['answered']} requests) at concurrency {concurrency}"
+    if failed:
+        summary += f"; {failed} failed or unfinished"
+    return {**goal, "met": p99 <= limit_ms and not failed, "measured": measured, "summary": summary}
+
+
+def _best_candidates(scenario: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    return max(scenario["closed_loop"], key=lambda lv: lv["candidates_per_s"], default=None)
+
+
+def two_stage_goals(
+    two_stage: Mapping[str, Any] | None, candidates: int, goal_concurrency: int, goal_rerank_top: int
+) -> list[dict[str, Any]]:
+    """The two-stage server's goals, from its scenarios' closed-loop levels (`benchmarks.two_stage`).
+
+    Latency goals read the level at `goal_concurrency` of Rank (`candidates` candidates) and Recommend; the
+    speed ratio takes each path's best closed-loop candidates/s (its capacity): Rank with the ranker alone
+    against Rank with every candidate re-scored by the cross-encoder.
+    """
+    at = f"at concurrency {goal_concurrency}"
+    goals_out = [
+        {"name": "Rank p99, ranker alone", "target": f"p99 <= {RANKER_P99_MS:.0f} ms, Rank of {candidates} {at}"},
+        {
+            "name": f"Rank p99, re-rank top {goal_rerank_top}",
+            "target": f"p99 <= {RERANK_P99_MS:.0f} ms, Rank of {candidates} {at}",
+        },
+        {"name": "Recommend p99, whole catalog, ranker alone", "target": f"p99 <= {RECOMMEND_P99_MS:.0f} ms {at}"},
+        {
+            "name": "ranker vs cross-encoder candidates/s",
+            "target": f">= {RANKER_VS_CROSS_ENCODER:.0f}x the cross-encoder path's candidates/s "
+            "(Rank, each at its best closed-loop level)",
+        },
+    ]
+    if not two_stage or "skipped" in two_stage:
+        why = (two_stage or {}).get("skipped", "the two-stage benchmark did not run")
+        return [_unmeasured(goal, why) for goal in goals_out]
+    scenarios = two_stage["scenarios"]
+    ranker = _scenario(scenarios, "Rank", "ranker")
+    reranked = _scenario(scenarios, "Rank", "ranker + cross-encoder", goal_rerank_top)
+    recommend = _scenario(scenarios, "Recommend", "ranker")
+    cross = _scenario(scenarios, "Rank", "cross-encoder")
+    out = [
+        _p99_goal(goals_out[0], ranker, goal_concurrency, RANKER_P99_MS),
+        _p99_goal(goals_out[1], reranked, goal_concurrency, RERANK_P99_MS),
+        _p99_goal(goals_out[2], recommend, goal_concurrency, RECOMMEND_P99_MS),
+    ]
+    ratio_goal = goals_out[3]
+    if ranker is None or cross is None:
+        out.append(_unmeasured(ratio_goal, "Rank with the ranker alone or with every candidate re-scored was not run"))
+        return out
+    fast, slow = _best_candidates(ranker), _best_candidates(cross)
+    if fast is None or slow is None or slow["candidates_per_s"] <= 0:
+        out.append(_unmeasured(ratio_goal, "the cross-encoder path answered no request"))
+        return out
+    ratio = fast["candidates_per_s"] / slow["candidates_per_s"]
+    out.append(
+        {
+            **ratio_goal,
+            "met": ratio >= RANKER_VS_CROSS_ENCODER,
+            "measured": {
+                "ranker_candidates_per_s": fast["candidates_per_s"],
+                "ranker_concurrency": fast["level"],
+                "cross_encoder_candidates_per_s": slow["candidates_per_s"],
+                "cross_encoder_concurrency": slow["level"],
+                "ratio": ratio,
+            },
+            "summary": f"{ratio:,.1f}x: {fast['candidates_per_s']:,.0f} candidates/s (concurrency {fast['level']}) vs "
+            f"{slow['candidates_per_s']:,.0f} (concurrency {slow['level']})",
+        }
+    )
+    return out

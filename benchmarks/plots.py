@@ -6,7 +6,10 @@
 - `server_latency_vs_load.png`: the server's p50/p95/p99 latency and its
   achieved throughput against the offered (open-loop) load, batching on and off;
 - `server_closed_loop.png`: pairs/s against concurrency, batching on and off,
-  with the served variant's offline pairs/s for comparison.
+  with the served variant's offline pairs/s for comparison;
+- `two_stage_latency.png`: the two-stage server's p50 and p99 latency, and
+  its candidates/s, against concurrency, one line per scenario (Rank with the
+  ranker alone, re-ranked, the cross-encoder alone; Recommend).
 """
 
 from __future__ import annotations
@@ -138,6 +141,41 @@ def server_closed_loop_plot(server: Mapping[str, Any], cost: Sequence[Mapping[st
     axis.set_title("Server throughput vs concurrency")
     axis.legend(fontsize=8)
     figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def two_stage_plot(scenarios: Sequence[Mapping[str, Any]], goal_lines_ms: Sequence[float], path: Path) -> Path:
+    """Latency (p99 solid, p50 dashed) and candidates/s against closed-loop concurrency, one color per scenario;
+    `goal_lines_ms`: latency goals drawn as grey horizontal lines."""
+    figure, (latency_axis, throughput_axis) = plt.subplots(1, 2, figsize=(13, 5.2))
+    colors = plt.get_cmap("tab10")
+    for index, scenario in enumerate(scenarios):
+        levels = sorted(scenario["closed_loop"], key=lambda level: level["level"])
+        x = [level["level"] for level in levels]
+        color = colors(index % 10)
+        for key, style in (("p99_ms", "-"), ("p50_ms", "--")):
+            y = [np.nan if level[key] is None else level[key] for level in levels]
+            label = scenario["label"] if key == "p99_ms" else None
+            latency_axis.plot(x, y, style, marker="o", color=color, label=label)
+        throughput_axis.plot(x, [level["candidates_per_s"] for level in levels], marker="o", color=color, label=scenario["label"])
+    for limit in sorted(set(goal_lines_ms)):
+        latency_axis.axhline(limit, color="grey", linestyle=":", linewidth=1)
+        latency_axis.annotate(f"goal {limit:g} ms", (1, limit), textcoords="offset points", xytext=(2, 2), fontsize=7)
+    concurrencies = sorted({level["level"] for s in scenarios for level in s["closed_loop"]})
+    for axis in (latency_axis, throughput_axis):
+        _log_axes(axis)
+        axis.set_xticks(concurrencies)
+        axis.set_xlabel("concurrent streams (closed loop, log)")
+    latency_axis.set_ylabel("latency (ms, log): p99 solid, p50 dashed")
+    latency_axis.set_title("Latency vs concurrency")
+    throughput_axis.set_ylabel("candidates ranked per second (log)")
+    throughput_axis.set_title("Candidates/s vs concurrency")
+    handles, labels = latency_axis.get_legend_handles_labels()
+    figure.legend(handles, labels, loc="lower center", ncol=min(3, max(1, len(labels))), fontsize=8, frameon=False)
+    figure.suptitle("Two-stage server: ranker alone, cross-encoder re-rank, cross-encoder alone")
+    figure.tight_layout(rect=(0, 0.12, 1, 1))
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return path

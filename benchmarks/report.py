@@ -3,7 +3,9 @@
 Everything in the report comes from the results dictionary of the same run
 (which `results.json` holds in full): goals first, then the runners with
 their size, memory and quality, the offline grid with its distance from the
-hardware limit, the server under closed and open loop, and the plots.
+hardware limit, the cross-encoder server under closed and open loop, the
+two-stage server (each scenario's speed beside the quality the export's
+evaluation recorded for it), and the plots.
 """
 
 from __future__ import annotations
@@ -117,12 +119,21 @@ def _server(results: Mapping[str, Any]) -> list[str]:
         return ["## Server", "", results.get("server_note", "The server phase did not run."), ""]
     requests = results.get("requests", {})
     lines = [
-        "## Server under load",
+        "## Server under load: the cross-encoder",
         "",
         f"Requests: {requests.get('count')} distinct Score requests from {requests.get('source')}, "
         f"{number(requests.get('mean_candidates'))} candidates and {number(requests.get('mean_pair_tokens'))} tokens per pair "
         f"on average; served variant: {results.get('served_runner')}. Client and servers share this machine's cores.",
         "",
+        *(
+            [
+                "The bundle holds the two-tower ranker: these servers ran with `" + " ".join(results["server_extra_flags"])
+                + "`, so the cross-encoder scores every candidate (after the ranker's pass over them).",
+                "",
+            ]
+            if results.get("server_extra_flags")
+            else []
+        ),
         "Each level sends for its time, then lets requests in flight finish for a bounded drain; req/s and pairs/s",
         "count answered requests over the whole level. Unfinished: requests still running after the drain (cancelled;",
         "their latencies are missing from the percentiles). Scored pairs/s: the server's own count of pairs scored.",
@@ -206,6 +217,92 @@ def _yardstick(results: Mapping[str, Any]) -> list[str]:
     ]
 
 
+def _quality_text(quality: Mapping[str, Any]) -> str:
+    """A scenario's quality from the export's evaluation, or why there is none."""
+    if "reason" in quality:
+        return quality["reason"]
+    interval = quality.get("ndcg@10_ci95")
+    ci = f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else ""
+    text = f"NDCG@10 {number(quality.get('ndcg@10'), 3)}{ci}, GAUC {number(quality.get('gauc'), 3)}"
+    if quality.get("baskets"):
+        text += f" ({quality['baskets']:,} baskets)"
+    return text
+
+
+def _two_stage(results: Mapping[str, Any]) -> list[str]:
+    """The two-stage server: a summary per scenario (speed and quality), then closed- and open-loop levels."""
+    two_stage = results.get("two_stage")
+    if not two_stage:
+        return []
+    lines = ["## Two-stage server: ranker, cross-encoder re-rank, Recommend", ""]
+    if "skipped" in two_stage:
+        return lines + [f"Skipped: {two_stage['skipped']}.", ""]
+    scenarios = two_stage["scenarios"]
+    goal_c = two_stage["goal_concurrency"]
+    requests = two_stage["requests"]
+    lines += [
+        f"One `edgerec serve` of the bundle, sent {requests['count']} customers ({requests['source']}; "
+        f"{percent(requests['dated_context_share'])} of their context items carry the days since their last purchase, "
+        "the rest leave it unset). Each scenario ran every closed-loop concurrency, then Poisson arrivals at "
+        "fractions of its closed-loop capacity; the scenarios' levels were interleaved. The cross-encoder path is "
+        "Rank with every candidate re-scored (`rerank_top` = candidates) on the same server: its ranker pass first "
+        "costs a few milliseconds. Server flags: `" + " ".join(two_stage["server_flags"]) + "`.",
+        "",
+        "Candidates/s: answered requests/s x the candidates each request ranks (Recommend: the catalog items the "
+        "server scored). CPU per request: the server process's CPU seconds over the requests it answered in the "
+        "level. Quality: the export's evaluation on the test split (the cross-encoder's on its evaluation subsample, "
+        "so the two are not on the same baskets).",
+        "",
+    ]
+    rows = []
+    for scenario in scenarios:
+        at = next((lv for lv in scenario["closed_loop"] if lv["level"] == goal_c), None)
+        best = max(scenario["closed_loop"], key=lambda lv: lv["candidates_per_s"], default=None)
+        rows.append(
+            (
+                scenario["label"],
+                number(at["p50_ms"]) if at else "–",
+                number(at["p99_ms"]) if at else "–",
+                number(at["cpu_ms_per_request"]) if at else "–",
+                number(scenario["capacity_requests_per_s"]),
+                f"{number(best['candidates_per_s'], 0)} (c={best['level']})" if best else "–",
+                _quality_text(scenario["quality"]),
+            )
+        )
+    header = ("scenario", f"p50 ms at c={goal_c}", f"p99 ms at c={goal_c}", f"CPU ms per request at c={goal_c}",
+              "capacity req/s", "best candidates/s", "quality (export's evaluation)")  # fmt: skip
+    lines += table(header, rows)
+    notes = [s["quality"]["note"] for s in scenarios if s["quality"].get("note")]
+    sources = sorted({s["quality"]["source"] for s in scenarios if s["quality"].get("source")})
+    if sources or notes:
+        lines += ["Quality sources: " + "; ".join(sources) + (f". Recommend: {notes[0]}." if notes else "."), ""]
+    rows = [
+        (
+            scenario["label"], lv["level"], number(lv["requests_per_s"]), number(lv["candidates_per_s"], 0),
+            number(lv["p50_ms"]), number(lv["p95_ms"]), number(lv["p99_ms"]), number(lv["cpu_ms_per_request"]),
+            number(lv["server"]["cpu_cores_used"], 2), number(lv["stage_candidates_per_request"].get("cross_encoder", 0.0)),
+            codes(lv["failures"]), lv["unfinished"],
+        )
+        for scenario in scenarios
+        for lv in scenario["closed_loop"]
+    ]  # fmt: skip
+    header = ("scenario", "concurrency", "req/s", "candidates/s", "p50 ms", "p95 ms", "p99 ms", "CPU ms per request",
+              "server CPU cores", "re-ranked per request", "failed", "unfinished")  # fmt: skip
+    lines += ["### Two-stage server: closed loop", "", *table(header, rows)]
+    rows = [
+        (
+            scenario["label"], f"{lv['level']:.1f} ({lv['offered_fraction_of_capacity']:.2f}x)", number(lv["requests_per_s"]),
+            number(lv["candidates_per_s"], 0), number(lv["p50_ms"]), number(lv["p95_ms"]), number(lv["p99_ms"]),
+            number(lv["cpu_ms_per_request"]), codes(lv["failures"]), lv["dropped"], lv["unfinished"],
+        )
+        for scenario in scenarios
+        for lv in scenario["open_loop"]
+    ]  # fmt: skip
+    header = ("scenario", "offered req/s (x capacity)", "answered req/s", "candidates/s", "p50 ms", "p95 ms", "p99 ms",
+              "CPU ms per request", "failed", "dropped (client cap)", "unfinished")  # fmt: skip
+    return lines + ["### Two-stage server: open loop (Poisson arrivals)", "", *table(header, rows)]
+
+
 def render(results: Mapping[str, Any], plots: Sequence[str]) -> str:
     machine = results["machine"]
     gpu = machine["gpu"]
@@ -240,6 +337,7 @@ def render(results: Mapping[str, Any], plots: Sequence[str]) -> str:
     lines += _limits(results)
     lines += _grid(results.get("offline", []))
     lines += _server(results)
+    lines += _two_stage(results)
     if plots:
         lines += ["## Plots", ""] + [f"![{name}]({name})" for name in plots] + [""]
     phases = ", ".join(f"{k} {v:.0f} s" for k, v in results.get("phase_seconds", {}).items())

@@ -1,12 +1,17 @@
 """`edgerec bench`: runners offline, then the server under load, then one report.
 
 Phases, in order (each prints its time budget, and shows progress):
-1. offline: load every runner (skipped GPU runners keep their reason), time
-   the batch x sequence grid with the runners interleaved, then each
-   runner's AUC and NDCG@10 on validation baskets;
+1. offline: load every cross-encoder runner (skipped GPU runners keep their
+   reason), time the batch x sequence grid with the runners interleaved,
+   then each runner's AUC and NDCG@10 on validation baskets;
 2. server: two `edgerec serve` processes, batching on and off, loaded with
-   real test-split requests, closed and open loop, back to back;
-3. report: `results.json` (all figures, the machine, the settings),
+   real test-split requests that the cross-encoder scores, closed and open
+   loop, back to back;
+3. two-stage: one `edgerec serve` of a bundle with the two-tower ranker,
+   Rank and Recommend with the ranker alone, re-ranked and the cross-encoder
+   alone, for real test-split customers (`benchmarks.two_stage`); skipped,
+   with the reason in the report, on a bundle without the ranker;
+4. report: `results.json` (all figures, the machine, the settings),
    `REPORT.md` (tables and goal verdicts) and PNG plots in `--output-dir`.
 The goals are judged on figures of this same run only.
 
@@ -28,22 +33,41 @@ from typing import Any
 
 import numpy as np
 
-from edgerec.benchmarks import goals, plots, report, yardstick
-from edgerec.benchmarks.config import QUICK_LOAD, QUICK_OFFLINE, BenchPaths, LoadConfig, OfflineConfig, RunConfig
+from edgerec.benchmarks import goals, plots, report, two_stage, yardstick
+from edgerec.benchmarks.config import (
+    QUICK_LOAD,
+    QUICK_OFFLINE,
+    QUICK_TWO_STAGE,
+    BenchPaths,
+    LoadConfig,
+    OfflineConfig,
+    RunConfig,
+    TwoStageConfig,
+)
 from edgerec.benchmarks.limits import ModelShape, PeakEstimate, estimate_peak, limits_table
 from edgerec.benchmarks.machine import describe_machine
 from edgerec.benchmarks.offline import grid_estimate_s, load_runners, time_grid
 from edgerec.benchmarks.quality import measure_quality
 from edgerec.benchmarks.runners import physical_cores, plan_runners
-from edgerec.benchmarks.server_bench import run_server_bench, server_estimate_s
-from edgerec.benchmarks.workload import data_fingerprint, default_samples_dir, load_baskets, mean_pair_tokens, request_pool
+from edgerec.benchmarks.server_bench import rerank_flags, run_server_bench, server_estimate_s
+from edgerec.benchmarks.workload import (
+    customer_pool,
+    data_fingerprint,
+    default_samples_dir,
+    load_baskets,
+    mean_pair_tokens,
+    request_pool,
+)
 from edgerec.core.bundle import Bundle, open_bundle
 from edgerec.core.errors import EdgeRecError
 from edgerec.core.settings import add_arguments, dump_json, from_arguments, to_jsonable
-from edgerec.core.signatures import CROSS_ENCODER
+from edgerec.core.featurize import load_catalog
+from edgerec.core.signatures import CROSS_ENCODER, RANKER
 from edgerec.runtime.config import BatcherConfig
 
-SECTIONS = (("", RunConfig), ("", BenchPaths), ("offline_", OfflineConfig), ("load_", LoadConfig))
+SECTIONS = (
+    ("", RunConfig), ("", BenchPaths), ("offline_", OfflineConfig), ("load_", LoadConfig), ("two_stage_", TwoStageConfig)
+)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -51,13 +75,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
         add_arguments(parser, cls, prefix)
 
 
-def settings_from(args: argparse.Namespace) -> tuple[RunConfig, BenchPaths, OfflineConfig, LoadConfig]:
+def settings_from(
+    args: argparse.Namespace,
+) -> tuple[RunConfig, BenchPaths, OfflineConfig, LoadConfig, TwoStageConfig]:
     """The run's settings: defaults (or the quick ones), overridden by any flag given."""
     run_config = from_arguments(RunConfig, args)
     paths = from_arguments(BenchPaths, args)
-    offline = from_arguments(OfflineConfig, args, "offline_", base=QUICK_OFFLINE if run_config.quick else None)
-    load = from_arguments(LoadConfig, args, "load_", base=QUICK_LOAD if run_config.quick else None)
-    return run_config, paths, offline, load
+    quick = run_config.quick
+    offline = from_arguments(OfflineConfig, args, "offline_", base=QUICK_OFFLINE if quick else None)
+    load = from_arguments(LoadConfig, args, "load_", base=QUICK_LOAD if quick else None)
+    staged = from_arguments(TwoStageConfig, args, "two_stage_", base=QUICK_TWO_STAGE if quick else None)
+    return run_config, paths, offline, load, staged
 
 
 def offline_phase(
@@ -95,7 +123,8 @@ def offline_phase(
 def server_phase(
     bundle: Bundle, config: LoadConfig, threads: int, spin_wait: bool, samples_dir: Path, offline_rows: list, served: str
 ) -> dict[str, Any]:
-    """Both servers under load, the request pool they were sent, and the serving-path cost."""
+    """Both cross-encoder servers under load, the request pool they were sent, and the serving-path cost.
+    On a bundle with the ranker the servers re-rank every candidate, so the cross-encoder scores them all."""
     featurizer = bundle.featurizer()
     pool, source = request_pool(
         load_baskets(samples_dir, "test"),
@@ -109,7 +138,8 @@ def server_phase(
     candidates = np.array([len(r.candidates) for r in pool], dtype=float)
     pair_tokens = float(np.average([mean_pair_tokens(featurizer, r) for r in pool], weights=candidates))
     started = time.perf_counter()
-    server = run_server_bench(bundle.root, pool, config, threads, spin_wait)
+    extra_flags = rerank_flags(config.max_candidates) if RANKER.name in bundle.models else []
+    server = run_server_bench(bundle.root, pool, config, threads, spin_wait, extra_flags)
     print(f"edgerec bench: in-process yardstick over {config.yardstick_pairs} pairs, three ways")
     precision = served.removeprefix("ort-")
     batcher = BatcherConfig(max_batch_size=config.max_batch_size or BatcherConfig().max_batch_size)
@@ -125,9 +155,58 @@ def server_phase(
             "mean_pair_tokens": pair_tokens,
         },
         "server": server,
+        "server_extra_flags": extra_flags,
         "serving_cost": goals.serving_cost(server, offline_rows, served, pair_tokens),
         "yardstick": yardstick_figures,
         "phase_seconds": {"server": time.perf_counter() - started},
+    }
+
+
+def two_stage_skip_reason(bundle: Bundle) -> str | None:
+    """Why the two-stage benchmark cannot run on `bundle` (None: it can)."""
+    if RANKER.name not in bundle.models:
+        models = ", ".join(sorted(bundle.models))
+        return (
+            f"bundle {bundle.name}-{bundle.version} has no two-tower ranker (it holds: {models}); "
+            "`edgerec export` builds one unless told --no-ranker"
+        )
+    return None
+
+
+def two_stage_phase(
+    bundle: Bundle,
+    paths: BenchPaths,
+    config: TwoStageConfig,
+    load: LoadConfig,
+    threads: int,
+    spin_wait: bool,
+    samples_dir: Path,
+) -> dict[str, Any]:
+    """The two-stage server's scenarios under load, the customers they were sent, and each scenario's quality
+    from the export's evaluation; on a bundle without the ranker, the reason it was skipped."""
+    reason = two_stage_skip_reason(bundle)
+    if reason is not None:
+        print(f"edgerec bench: two-stage server skipped: {reason}")
+        return {"two_stage": {"skipped": reason}, "phase_seconds": {}}
+    started = time.perf_counter()
+    catalog = sorted(load_catalog(bundle.catalog_path))
+    test = load_baskets(samples_dir, "test")
+    earlier = [b for split in ("train", "valid") for b in load_baskets(samples_dir, split)] + test if test else []
+    customers, source = customer_pool(
+        test, earlier, catalog, config.request_pool, config.candidates, config.max_history_items, config.seed
+    )
+    print(f"edgerec bench: two-stage server, {len(customers)} customers ({source['source']})")
+    figures = two_stage.run_two_stage_bench(bundle.root, customers, config, load, threads, spin_wait, len(catalog))
+    quality = two_stage.export_quality(bundle, paths.export_dir)
+    for scenario in figures["scenarios"]:
+        scenario["quality"] = two_stage.scenario_quality(scenario, quality)
+    contexts = [len(c.context) for c in customers]
+    requests = {"count": len(customers), "mean_context_items": float(np.mean(contexts)), **source}
+    return {
+        "two_stage": {
+            **figures, "requests": requests, "export_quality": quality, "goal_concurrency": config.goal_concurrency
+        },
+        "phase_seconds": {"two-stage server": time.perf_counter() - started},
     }
 
 
@@ -160,12 +239,16 @@ def write_plots(results: dict[str, Any], output_dir: Path) -> list[str]:
         written.append(plots.server_load_plot(results["server"], output_dir / "server_latency_vs_load.png").name)
         closed_loop = output_dir / "server_closed_loop.png"
         written.append(plots.server_closed_loop_plot(results["server"], results.get("serving_cost", []), closed_loop).name)
+    scenarios = (results.get("two_stage") or {}).get("scenarios")
+    if scenarios:
+        limits = (goals.RANKER_P99_MS, goals.RERANK_P99_MS, goals.RECOMMEND_P99_MS)
+        written.append(plots.two_stage_plot(scenarios, limits, output_dir / "two_stage_latency.png").name)
     return written
 
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    run_config, paths, offline_config, load_config = settings_from(args)
+    run_config, paths, offline_config, load_config, two_stage_config = settings_from(args)
     try:
         bundle = open_bundle(paths.bundle)
     except EdgeRecError as exc:
@@ -187,12 +270,18 @@ def run(args: argparse.Namespace) -> int:
         plan.append(f"offline grid ~{grid_estimate_s(offline_config) / 60:.1f} min + runner loading and quality")
     if run_config.server:
         plan.append(f"server ~{server_estimate_s(load_config) / 60:.1f} min + start-up")
+    if run_config.two_stage and two_stage_skip_reason(bundle) is None:
+        count = len(two_stage_config.rank_rerank_tops) + len(two_stage_config.recommend_rerank_tops)
+        estimate = two_stage.two_stage_estimate_s(two_stage_config, count)
+        plan.append(f"two-stage server ~{estimate / 60:.1f} min + drains")
     print(f"edgerec bench: {bundle.name}-{bundle.version}, {threads} threads per runner; plan: {', '.join(plan)}")
 
     results: dict[str, Any] = {
         "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "quick": run_config.quick,
-        "settings": {"run": run_config, "paths": paths, "offline": offline_config, "load": load_config},
+        "settings": {
+            "run": run_config, "paths": paths, "offline": offline_config, "load": load_config, "two_stage": two_stage_config
+        },
         "machine": describe_machine(),
         "threads": threads,
         "bundle": {
@@ -216,6 +305,9 @@ def run(args: argparse.Namespace) -> int:
         offline_rows = results.get("offline", [])
         spin_wait = offline_config.spin_wait
         _merge(results, server_phase(bundle, load_config, threads, spin_wait, samples_dir, offline_rows, f"ort-{served}"))
+    if run_config.two_stage:
+        spin_wait = offline_config.spin_wait
+        _merge(results, two_stage_phase(bundle, paths, two_stage_config, load_config, threads, spin_wait, samples_dir))
 
     int8_runner = f"ort-{served}" if served.startswith("int8") else "ort-int8-dynamic"
     results["goals"] = [
@@ -229,6 +321,12 @@ def run(args: argparse.Namespace) -> int:
         *goals.server_goals(results.get("server", {}), results.get("serving_cost", []), load_config.goal_concurrency),
         *goals.serving_path_goals(
             results.get("server", {}), results.get("yardstick"), load_config.serving_cost_concurrencies, served
+        ),
+        *goals.two_stage_goals(
+            results.get("two_stage"),
+            two_stage_config.candidates,
+            two_stage_config.goal_concurrency,
+            two_stage_config.goal_rerank_top,
         ),
     ]
     results["plots"] = write_plots(results, output_dir)

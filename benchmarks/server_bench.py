@@ -1,9 +1,13 @@
-"""The server under load: batching on versus off, in the same run, back to back.
+"""The cross-encoder server under load: batching on versus off, in the same run, back to back.
 
 Two `edgerec serve` processes run side by side on 127.0.0.1
 (`harness.server.ServerUnderTest`): one with the default maximum batch size,
-one with maximum batch size 1 (batching off). Every load level runs on both
-servers one right after the other, alternating which goes first, so both see
+one with maximum batch size 1 (batching off). On a bundle that holds the
+two-tower ranker the servers are told to re-rank every candidate
+(`rerank_flags`), so that the cross-encoder scores every pair as before (the
+ranker's pass over the same candidates first costs a few milliseconds, next
+to ~5 ms of CPU per pair). Every load level runs on both servers one right
+after the other, alternating which goes first, so both see
 the same machine noise; the idle server uses no CPU meanwhile. The load
 comes from the shared driver (`harness.driver`): closed-loop levels, then
 open-loop (Poisson) levels at fractions of each server's closed-loop
@@ -13,6 +17,7 @@ Per level, client side: requests/s, pairs/s, p50/p95/p99 latency, failures
 by status code. Server side, from its Prometheus endpoint (differences of
 the counters over the level): mean batch size, mean padding ratio, requests
 refused by admission control, dropped requests, and the server's CPU use.
+`measure_level` is also the two-stage benchmark's (`benchmarks.two_stage`).
 """
 
 from __future__ import annotations
@@ -69,14 +74,22 @@ def serve_flags(max_batch_size: int, precision: str, threads: int, spin_wait: bo
     return flags + (["--precision", precision] if precision else [])
 
 
+def rerank_flags(candidates: int) -> list[str]:
+    """Flags that make a two-stage server's cross-encoder re-score up to `candidates` candidates of every
+    Score request (all of them, for requests of at most that many)."""
+    return ["--rerank-top", str(candidates), "--max-rerank-top", str(candidates)]
+
+
 @contextlib.contextmanager
-def running_servers(bundle: Path, config: LoadConfig, threads: int, spin_wait: bool) -> Iterator[dict[str, ServedMode]]:
+def running_servers(
+    bundle: Path, config: LoadConfig, threads: int, spin_wait: bool, extra_flags: Sequence[str] = ()
+) -> Iterator[dict[str, ServedMode]]:
     """Both servers (batching on, then off), each serving once started; stopped gracefully on exit."""
     batch_sizes = {"batching": config.max_batch_size or BatcherConfig().max_batch_size, "no_batching": 1}
     with contextlib.ExitStack() as stack:
         servers = {}
         for mode in MODES:
-            flags = serve_flags(batch_sizes[mode], config.precision, threads, spin_wait)
+            flags = serve_flags(batch_sizes[mode], config.precision, threads, spin_wait) + list(extra_flags)
             server = ServerUnderTest(bundle, flags, startup_timeout_s=config.startup_timeout_s, stop_grace_s=15.0)
             stack.enter_context(server)
             servers[mode] = ServedMode(mode, batch_sizes[mode], server)
@@ -90,6 +103,8 @@ def server_side(before: Samples, after: Samples, cpu_seconds: float, wall_s: flo
     scored = grown.total("edgerec_pairs_scored_total")
     codes = {code: int(n) for code, n in grown.by_label("edgerec_requests_total", "code").items() if n}
     dropped = grown.by_label("edgerec_dropped_requests_total", "reason")
+    ranker_batches = grown.total("edgerec_ranker_batch_size_pairs_count")
+    ranker_batch = grown.total("edgerec_ranker_batch_size_pairs_sum") / ranker_batches if ranker_batches else float("nan")
     return {
         "batches": int(batches),
         "pairs_scored": int(scored),
@@ -101,13 +116,20 @@ def server_side(before: Samples, after: Samples, cpu_seconds: float, wall_s: flo
         # CANCELLED: the load driver gave up on requests still running when a level's time was up.
         "rejected_by_code": {code: n for code, n in codes.items() if code not in ("OK", "CANCELLED")},
         "dropped_by_reason": {reason: int(n) for reason, n in dropped.items() if n},
+        "cpu_seconds": cpu_seconds,
         "cpu_cores_used": cpu_seconds / wall_s if wall_s else float("nan"),
+        # The two-stage path: candidates each stage scored (`edgerec_stage_candidates_total`) and the ranker's batches.
+        "stage_candidates": {stage: int(n) for stage, n in grown.by_label("edgerec_stage_candidates_total", "stage").items()},
+        "ranker_batches": int(ranker_batches),
+        "ranker_mean_batch_candidates": ranker_batch,
     }
 
 
-async def _measure(served: ServedMode, call: Call, mode: str, level: float, run_level: Level) -> dict[str, Any]:
+async def measure_level(
+    server: ServerUnderTest, call: Call, mode: str, level: float, run_level: Level
+) -> dict[str, Any]:
     """Run one level against one server; client figures plus the server's counters over the level."""
-    server, client = served.server, psutil.Process()
+    client = psutil.Process()
     before, cpu_before = server.scrape(), server.cpu_seconds
     client_before = sum(client.cpu_times()[:2])
     started = time.perf_counter()
@@ -156,7 +178,7 @@ async def _benchmark(
                         call, tally, c, config.seconds_per_level, config.max_requests_per_level, config.drain_s
                     )
 
-                summary = await _measure(servers[mode], calls[mode], "closed", concurrency, closed)
+                summary = await measure_level(servers[mode].server, calls[mode], "closed", concurrency, closed)
                 results[mode]["closed_loop"].append(summary)
                 bar.update()
         mean_pairs = float(np.mean([len(request.candidates) for request in requests]))
@@ -173,7 +195,7 @@ async def _benchmark(
                         config.max_requests_per_level, config.max_in_flight,
                     )  # fmt: skip
 
-                summary = await _measure(servers[mode], calls[mode], "open", rate, opened)
+                summary = await measure_level(servers[mode].server, calls[mode], "open", rate, opened)
                 summary["offered_fraction_of_capacity"] = load
                 results[mode]["open_loop"].append(summary)
                 bar.update()
@@ -190,9 +212,11 @@ def run_server_bench(
     config: LoadConfig,
     threads: int,
     spin_wait: bool = True,
+    extra_flags: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Start both servers, load them level by level, stop them; the results per mode."""
-    with running_servers(bundle, config, threads, spin_wait) as servers:
+    """Start both servers (`extra_flags` added to their command lines), load them level by level, stop them;
+    the results per mode."""
+    with running_servers(bundle, config, threads, spin_wait, extra_flags) as servers:
         return asyncio.run(_benchmark(servers, requests, config))
 
 

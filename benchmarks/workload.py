@@ -10,13 +10,20 @@
   (`artifacts/data/<fingerprint>/`); without one, requests are drawn from the
   catalog (`harness.requests.random_requests`) and quality is reported as not
   measured.
+- The two-stage server is sent test-split customers too (`customer_pool`):
+  their history as context with counts and the days since each item's last
+  purchase (the ranker's recency feature), recovered from the customer's
+  earlier baskets in the same cache (`last_purchase_days`), and a fixed
+  number of candidates (their basket's, topped up from the catalog).
 """
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import gzip
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +37,7 @@ from edgerec.proto import recommender_pb2
 
 # Catalog histories (without test baskets) carry at most this many past items.
 RANDOM_HISTORY_ITEMS = 30
+SECONDS_PER_DAY = 86400.0
 
 
 def exact_length_feeds(featurizer: Featurizer, batch: int, sequence: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -122,3 +130,89 @@ def mean_pair_tokens(featurizer: Featurizer, request: recommender_pb2.ScoreReque
     candidates = [candidate.item_id for candidate in request.candidates]
     pairs = featurizer.catalog_pairs(history_of(request), candidates)
     return float(np.mean([featurizer.pair_length(*pair) for pair in pairs]))
+
+
+def _seconds(time: str) -> float:
+    """A basket's time ("YYYY-MM-DD HH:MM:SS") in seconds since the epoch."""
+    return float(np.datetime64(time.replace(" ", "T"), "s").astype(np.int64))
+
+
+def last_purchase_days(basket: Basket, earlier: Sequence[Basket]) -> dict[str, float]:
+    """Days from each history item's last purchase to `basket`, for the items the cache can date.
+
+    A basket's history counts the earlier invoices that held each item, so
+    between two of the customer's consecutive baskets A and B the items whose
+    count grew were bought at A's invoice (or at an invoice between them that
+    is no sample): they are dated A's time. `earlier`: the customer's baskets
+    before `basket`, in any order. Items bought only before the customer's
+    first sample basket cannot be dated and are left out (a request leaves
+    their `days_ago` unset).
+    """
+    when = _seconds(basket.time)
+    days: dict[str, float] = {}
+    later = dict(basket.history)
+    for previous in sorted(earlier, key=lambda b: b.time, reverse=True):
+        counts = dict(previous.history)
+        for item, count in later.items():
+            if item not in days and count > counts.get(item, 0):
+                days[item] = max(0.0, (when - _seconds(previous.time)) / SECONDS_PER_DAY)
+        later = counts
+    return {item: days[item] for item, _ in basket.history if item in days}
+
+
+@dataclasses.dataclass(frozen=True)
+class Customer:
+    """One customer as a two-stage request carries them: context and candidates (catalog ids)."""
+
+    context: tuple[tuple[str, str, int, float | None], ...]  # (item id, "", count, days ago or None), newest first
+    candidates: tuple[str, ...]
+
+
+def customer_pool(
+    test: Sequence[Basket],
+    earlier: Iterable[Basket],
+    catalog: Sequence[str],
+    size: int,
+    candidates: int,
+    max_history: int = 64,
+    seed: int = 0,
+) -> tuple[list[Customer], dict]:
+    """`size` customers of test baskets (drawn with replacement), each with exactly `candidates` candidates,
+    and where they came from (`source`, `dated_context_share`: context items whose days_ago is known).
+
+    `earlier`: baskets of any split (test included) that date the context
+    (`last_purchase_days`). A request's candidates are its basket's, topped up
+    with catalog items drawn at random. Without test baskets in the catalog,
+    random catalog histories without dates.
+    """
+    known = set(catalog)
+    usable = [b for b in test if b.candidates and all(c in known for c in b.candidates)]
+    rng = np.random.default_rng(seed)
+    ids = list(catalog)
+    if not usable:
+        pool = random_requests(ids, size, candidates, candidates, min(max_history, RANDOM_HISTORY_ITEMS), seed)
+        customers = [
+            Customer(tuple((c.item_id, "", c.count, None) for c in r.context), tuple(c.item_id for c in r.candidates))
+            for r in pool
+        ]
+        return customers, {"source": "random catalog histories (no test baskets found)", "dated_context_share": 0.0}
+    by_customer: dict[str, list[Basket]] = collections.defaultdict(list)
+    wanted = {b.customer_id for b in usable}
+    for basket in earlier:
+        if basket.customer_id in wanted:
+            by_customer[basket.customer_id].append(basket)
+    customers, dated, total = [], 0, 0
+    for _ in range(size):
+        basket = usable[int(rng.integers(len(usable)))]
+        before = [b for b in by_customer[basket.customer_id] if b.time < basket.time]
+        days = last_purchase_days(basket, before)
+        history = [(item, count) for item, count in basket.history if item in known][:max_history]
+        context = tuple((item, "", count, days.get(item)) for item, count in history)
+        chosen = list(basket.candidates[:candidates])
+        while len(chosen) < candidates:
+            chosen.append(ids[int(rng.integers(len(ids)))])
+        customers.append(Customer(context, tuple(chosen)))
+        dated += sum(entry[3] is not None for entry in context)
+        total += len(context)
+    source = f"{len(usable)} test baskets of {len(wanted)} customers"
+    return customers, {"source": source, "dated_context_share": dated / total if total else 0.0}

@@ -1,9 +1,11 @@
-"""`edgerec bench --quick` end to end on the tiny bundle: offline grid, quality, both servers, report.
+"""`edgerec bench --quick` end to end on the tiny bundles: offline grid, quality, both servers, the two-stage server, report.
 
 One real run (real ONNX runners over the bundle the export built from the
 tiny checkpoint, the PyTorch reference from that checkpoint, the synthetic shop's validation and test baskets, two `edgerec
-serve` subprocesses on 127.0.0.1 loaded over gRPC) is shared by the tests below, which check the results' structure and that
-the figures are positive and consistent. No test asserts a timing.
+serve` subprocesses on 127.0.0.1 loaded over gRPC) is shared by the first tests below; that bundle has no ranker, so its
+two-stage section is skipped with the reason. A second run, servers only, on the tiny two-stage bundle (ranker and
+cross-encoder) covers the two-stage section. The tests check the results' structure and that the figures are positive and
+consistent. No test asserts a timing.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from pathlib import Path
 import pytest
 
 from edgerec import cli
+from edgerec.core.bundle import open_bundle
+from edgerec.core.featurize import load_catalog
 from edgerec.export.samples import PreparedData
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -146,13 +150,21 @@ def test_server_levels_are_consistent(results: dict) -> None:
 
 def test_goals_are_reported_with_their_figures(results: dict) -> None:
     goals = {goal["name"]: goal for goal in results["goals"]}
+    two_stage = {
+        "Rank p99, ranker alone",
+        "Rank p99, re-rank top 4",
+        "Recommend p99, whole catalog, ranker alone",
+        "ranker vs cross-encoder candidates/s",
+    }
     assert set(goals) == {
         "int8 CPU speed-up with equal quality",
         "batching server vs offline runner",
         "batching on vs off",
         "server CPU per pair vs default ONNX Runtime session",
         "served int8 pairs/s",
-    }
+    } | two_stage
+    for name in two_stage:  # this bundle has no ranker: not measured, and the summary says why
+        assert goals.pop(name)["met"] is None and "no two-tower ranker" in results["two_stage"]["skipped"]
     cost = goals["server CPU per pair vs default ONNX Runtime session"]["measured"]
     assert {int(c) for c in cost["server_cpu_ms_per_pair"]} == set(results["settings"]["load"]["serving_cost_concurrencies"])
     assert all(v > 0 for v in cost["server_cpu_ms_per_pair"].values()) and cost["default_session_cpu_ms_per_pair"] > 0
@@ -173,11 +185,99 @@ def test_goals_are_reported_with_their_figures(results: dict) -> None:
 def test_report_and_plots_are_written(quick_run: Path, results: dict) -> None:
     report = (quick_run / "REPORT.md").read_text()
     for heading in ("## Goals", "## Runners", "## Physical limit", "## Offline grid", "## Server under load", "## Plots",
-                    "### Serving-path cost: server CPU per pair vs in-process ONNX Runtime sessions"):
+                    "### Serving-path cost: server CPU per pair vs in-process ONNX Runtime sessions",
+                    "## Two-stage server"):
         assert heading in report
+    assert f"Skipped: {results['two_stage']['skipped']}" in report
     assert "GPU rows not run" in report or results["machine"]["gpu"]["present"]
     assert len(results["plots"]) == 3
     for name in results["plots"]:
         data = (quick_run / name).read_bytes()
         assert data.startswith(PNG_MAGIC) and len(data) > 5000, name
         assert f"({name})" in report
+
+
+# -- the two-stage server (servers only, on the tiny bundle with the ranker) -----------------------------
+
+
+@pytest.fixture(scope="module")
+def two_stage_run(tiny_two_stage_bundle: Path, tiny_data: PreparedData, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The output folder of one quick run of both server phases on the two-stage bundle."""
+    work = tmp_path_factory.mktemp("bench-two-stage")
+    samples = write_samples(work / "samples", tiny_data)
+    output = work / "out"
+    status = cli.main(
+        [
+            "bench", "--quick", "--no-offline",
+            "--bundle", str(tiny_two_stage_bundle),
+            "--samples-dir", str(samples),
+            "--export-dir", str(work / "no-export"),
+            "--output-dir", str(output),
+            "--offline-threads", "1",
+        ]
+    )  # fmt: skip
+    assert status == 0
+    return output
+
+
+@pytest.fixture(scope="module")
+def two_stage_results(two_stage_run: Path) -> dict:
+    return json.loads((two_stage_run / "results.json").read_text())
+
+
+def test_two_stage_scenarios_run_every_level_for_real_customers(two_stage_results: dict, tiny_two_stage_bundle: Path) -> None:
+    settings = two_stage_results["settings"]["two_stage"]
+    run = two_stage_results["two_stage"]
+    assert "test baskets" in run["requests"]["source"] and run["requests"]["count"] == settings["request_pool"]
+    assert 0.0 < run["requests"]["dated_context_share"] <= 1.0  # days_ago recovered from earlier baskets
+    plan = [(s["rpc"], s["rerank_top"]) for s in run["scenarios"]]
+    assert plan == [("Rank", r) for r in settings["rank_rerank_tops"]] + [
+        ("Recommend", r) for r in settings["recommend_rerank_tops"]
+    ]
+    assert "--max-rerank-top" in run["server_flags"] and "127.0.0.1" in run["server_flags"]
+    catalog = len(load_catalog(open_bundle(tiny_two_stage_bundle).catalog_path))
+    for scenario in run["scenarios"]:
+        assert [lv["level"] for lv in scenario["closed_loop"]] == settings["concurrencies"]
+        assert len(scenario["open_loop"]) == len(settings["open_loop_loads"])
+        assert scenario["capacity_requests_per_s"] > 0
+        candidates = settings["candidates"] if scenario["rpc"] == "Rank" else catalog
+        assert scenario["candidates"] == candidates  # Recommend: what the server said it scored
+        for level in scenario["closed_loop"] + scenario["open_loop"]:
+            assert level["answered"] > 0 and level["failures"] == {} and level["unfinished"] == 0, level
+            assert level["sent"] == level["answered"]
+            assert _latencies_ordered(level), level
+            assert level["candidates_per_s"] == pytest.approx(level["requests_per_s"] * candidates)
+            assert level["cpu_ms_per_request"] > 0
+            # what each stage scored, from the server's own counters: every candidate by the ranker, R re-ranked
+            per_request = level["stage_candidates_per_request"]
+            assert per_request["ranker"] == pytest.approx(candidates)
+            assert per_request.get("cross_encoder", 0.0) == pytest.approx(min(scenario["rerank_top"], candidates))
+
+
+def test_two_stage_goals_and_quality_are_reported(two_stage_run: Path, two_stage_results: dict) -> None:
+    goals = {goal["name"]: goal for goal in two_stage_results["goals"]}
+    for name in ("Rank p99, ranker alone", "Rank p99, re-rank top 4", "Recommend p99, whole catalog, ranker alone"):
+        assert goals[name]["met"] in (True, False) and goals[name]["measured"]["p99_ms"] > 0
+    ratio = goals["ranker vs cross-encoder candidates/s"]
+    assert ratio["met"] in (True, False)
+    measured = ratio["measured"]
+    assert measured["ratio"] == pytest.approx(measured["ranker_candidates_per_s"] / measured["cross_encoder_candidates_per_s"])
+    for scenario in two_stage_results["two_stage"]["scenarios"]:  # the tiny bundle's export recorded no evaluation
+        assert scenario["quality"]["reason"].startswith("not in this bundle")
+    report = (two_stage_run / "REPORT.md").read_text()
+    assert "## Two-stage server" in report and "### Two-stage server: closed loop" in report
+    assert "Rank of 12, cross-encoder alone (every candidate)" in report
+    assert "two_stage_latency.png" in two_stage_results["plots"]
+    assert (two_stage_run / "two_stage_latency.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_the_cross_encoder_servers_score_every_candidate_of_a_two_stage_bundle(two_stage_results: dict) -> None:
+    load = two_stage_results["settings"]["load"]
+    assert two_stage_results["server_extra_flags"] == ["--rerank-top", str(load["max_candidates"]),
+                                                       "--max-rerank-top", str(load["max_candidates"])]  # fmt: skip
+    for result in two_stage_results["server"].values():
+        for level in result["closed_loop"]:
+            stages = level["server"]["stage_candidates"]
+            assert level["answered"] > 0 and stages["ranker"] > 0, level
+            if level["unfinished"] == 0:  # a request the driver cancelled may have left after its ranker pass
+                assert stages["cross_encoder"] == stages["ranker"], level

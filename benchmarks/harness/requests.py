@@ -1,7 +1,8 @@
-"""What the load driver sends: Score requests over a bundle's catalog, from a round-robin pool.
+"""What the load driver sends: requests of `edgerec.v1.Recommender`, from a round-robin pool.
 
 Requests are built before a run starts (protobuf messages), so the driver's
-time goes to sending, not to building them.
+time goes to sending, not to building them. A pool holds Score, Rank or
+Recommend requests (one kind per pool); each goes to its own RPC.
 """
 
 from __future__ import annotations
@@ -52,17 +53,31 @@ def random_requests(
     return requests
 
 
-class RequestPool:
-    """Pre-built Score requests, handed out round robin."""
+# The RPC of each request type (`Recommender.<method>`).
+METHODS = {
+    recommender_pb2.ScoreRequest: "Score",
+    recommender_pb2.RankRequest: "Rank",
+    recommender_pb2.RecommendRequest: "Recommend",
+}
+Request = recommender_pb2.ScoreRequest | recommender_pb2.RankRequest | recommender_pb2.RecommendRequest
 
-    def __init__(self, requests: Sequence[recommender_pb2.ScoreRequest]) -> None:
+
+class RequestPool:
+    """Pre-built requests of one kind (Score, Rank or Recommend), handed out round robin."""
+
+    def __init__(self, requests: Sequence[Request]) -> None:
         if not requests:
             raise ValueError("a request pool needs at least one request")
+        kinds = {type(request) for request in requests}
+        if len(kinds) != 1 or not kinds <= set(METHODS):
+            raise ValueError(f"a request pool holds one kind of Recommender request, got {sorted(k.__name__ for k in kinds)}")
         self.requests = list(requests)
-        self.pairs = [len(request.candidates) for request in self.requests]
+        self.method = METHODS[type(self.requests[0])]
+        # Candidates each request names (a Recommend request names none: the server scores its catalog).
+        self.pairs = [len(getattr(request, "candidates", ())) for request in self.requests]
         self._next = 0
 
-    def take(self) -> recommender_pb2.ScoreRequest:
+    def take(self) -> Request:
         request = self.requests[self._next]
         self._next = (self._next + 1) % len(self.requests)
         return request
@@ -72,5 +87,6 @@ class RequestPool:
         return float(np.mean(self.pairs))
 
     def calls(self, stub: recommender_pb2_grpc.RecommenderStub, timeout_s: float) -> Call:
-        """The driver's call: the pool's next request, sent with a `timeout_s` deadline."""
-        return lambda: stub.Score(self.take(), timeout=timeout_s)
+        """The driver's call: the pool's next request to its RPC, sent with a `timeout_s` deadline."""
+        method = getattr(stub, self.method)
+        return lambda: method(self.take(), timeout=timeout_s)
