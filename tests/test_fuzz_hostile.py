@@ -1,21 +1,27 @@
-"""Hostile input, fuzzed with hypothesis against one real `edgerec serve` process on 127.0.0.1.
+"""Hostile input, fuzzed with hypothesis against real `edgerec serve` processes on 127.0.0.1.
 
-Score, Rank and ModelInfer messages (random and huge lists, empty and
-enormous strings, odd Unicode, absurd numbers, wrong dtypes and shapes) and
-raw bytes: the only acceptable answers are OK, INVALID_ARGUMENT and
-RESOURCE_EXHAUSTED (and NOT_FOUND for a ModelInfer naming a model this
-server does not serve), an OK ModelInfer answer carries its outputs in
-raw_output_contents, well-formed ModelInfer rows (built by the bundle's
-featurizer) are always answered, and the server must answer a health check
-after every case. The cases are the ones `edgerec reliability` sends
+Score, Rank, Recommend and ModelInfer messages (random and huge lists,
+empty and enormous strings, odd Unicode, absurd numbers, wrong dtypes and
+shapes) and raw bytes: the only acceptable answers are OK, INVALID_ARGUMENT
+and RESOURCE_EXHAUSTED (and NOT_FOUND for a ModelInfer naming a model this
+server does not serve, FAILED_PRECONDITION for Recommend on a bundle
+without the ranker), OK answers hold what they must (ModelInfer outputs in
+raw_output_contents; scores in [0, 1], stages, order and filters of the
+domain API), well-formed ModelInfer rows and feeds (built as the server
+builds its own) are always answered, and the server must answer a health
+check after every case. The cases are the ones `edgerec reliability` sends
 (`edgerec.benchmarks.reliability.hostile`), their choices drawn here from
-hypothesis strategies instead of a seeded generator. Then the inputs with a
-known answer (issue 11's kinds), each judged on its answer, and the
-findings the fuzzer made, pinned down.
+hypothesis strategies instead of a seeded generator. One server serves the
+cross-encoder-only tiny bundle, a second the two-stage one (the tiny
+ranker beside it: rerank_top, days_ago, Recommend, ModelInfer of `ranker`
+and `item_tower`). Then the inputs with a known answer (issue 11's kinds,
+the two-stage API's), each judged on its answer, and the findings the
+fuzzer made, pinned down.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -40,6 +46,8 @@ FUZZ = settings(
     phases=[Phase.explicit, Phase.reuse, Phase.generate],
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example],
 )
+# The two-stage server's kinds: fewer cases each, the suite's time is watched.
+TWO_STAGE_FUZZ = settings(FUZZ, max_examples=30)
 
 
 # protobuf cannot encode lone surrogates, so they are left to the raw-bytes cases
@@ -80,9 +88,30 @@ def client(tiny_bundle: Path, facts: hostile.ModelFacts):
         assert server.alive(), server.log()[-3000:]
 
 
-def _check(client: hostile.HostileClient, facts: hostile.ModelFacts, kind: str, data: st.DataObject) -> None:
-    """One case of `kind` (`hostile.cases`), its choices drawn by hypothesis: an answer the kind allows, then health."""
-    case = hostile.cases(facts)[kind]
+@pytest.fixture(scope="module")
+def two_stage_facts(tiny_two_stage_bundle: Path) -> hostile.ModelFacts:
+    facts = hostile.ModelFacts.of(tiny_two_stage_bundle)
+    assert facts.ranker and facts.tables is not None and facts.embedding_dim == facts.embeddings.shape[1]
+    return facts
+
+
+@pytest.fixture(scope="module")
+def two_stage_client(tiny_two_stage_bundle: Path, two_stage_facts: hostile.ModelFacts):
+    """One server on the two-stage bundle (cross-encoder and ranker) for this module."""
+    with ServerUnderTest(tiny_two_stage_bundle, startup_timeout_s=60) as server:
+        facts = two_stage_facts
+        client = hostile.HostileClient(server.target, facts.model_name, facts.model_version, ranker=True)
+        yield client
+        client.close()
+        assert server.alive(), server.log()[-3000:]
+
+
+def _check(
+    client: hostile.HostileClient, facts: hostile.ModelFacts, kind: str | hostile.Kind, data: st.DataObject
+) -> None:
+    """One case of `kind` (a name of `hostile.cases`, or a Kind), its choices drawn by hypothesis: an answer the
+    kind allows (holding what it must), then health."""
+    case = hostile.cases(facts)[kind] if isinstance(kind, str) else kind
     method, message = case.build(HypothesisSource(data))
     answer = client.check(method, message)
     allowed, why = hostile.judge(case, method, message, answer)
@@ -123,6 +152,69 @@ def test_raw_bytes_to_every_method(client, facts, data) -> None:
     _check(client, facts, "raw bytes", data)
 
 
+@TWO_STAGE_FUZZ
+@given(data=st.data())
+def test_hostile_recommend_requests_on_a_bundle_without_the_ranker(client, facts, data) -> None:
+    """FAILED_PRECONDITION (no ranker) whatever the request, or RESOURCE_EXHAUSTED past max_message_bytes."""
+    kind = dataclasses.replace(hostile.cases(facts)["Recommend"], allowed=frozenset({hostile.NO_RANKER, "RESOURCE_EXHAUSTED"}))
+    _check(client, facts, kind, data)
+
+
+# -- the two-stage bundle --------------------------------------------------------------------------
+@TWO_STAGE_FUZZ
+@given(data=st.data())
+def test_hostile_score_requests_on_a_two_stage_bundle(two_stage_client, two_stage_facts, data) -> None:
+    """Score's hostile cases (rerank_top and days_ago among them); OK answers: scores in [0, 1], stages."""
+    _check(two_stage_client, two_stage_facts, "Score", data)
+
+
+@TWO_STAGE_FUZZ
+@given(data=st.data())
+def test_days_ago_and_rerank_top_get_their_known_answer(two_stage_client, two_stage_facts, data) -> None:
+    """Catalog items with days_ago 0, fractions, negative, NaN, ±inf, 1e308 and rerank_top 0 to uint32 max: OK
+    with exactly min(rerank_top, candidates) re-scored by the cross-encoder, or INVALID_ARGUMENT naming
+    rerank_top (past max_rerank_top), else the first context[i].days_ago that is negative or not finite."""
+    _check(two_stage_client, two_stage_facts, "Score, days_ago and rerank_top", data)
+
+
+@TWO_STAGE_FUZZ
+@given(data=st.data())
+def test_hostile_recommend_requests(two_stage_client, two_stage_facts, data) -> None:
+    """k at its bounds, exclude_ids enormous, odd or past max_message_bytes, purchased outside the enum,
+    rerank_top extremes; OK answers: exactly what the filters leave, best first, re-ranked first."""
+    _check(two_stage_client, two_stage_facts, "Recommend", data)
+
+
+@TWO_STAGE_FUZZ
+@given(data=st.data())
+def test_hostile_ranker_model_infer_requests(two_stage_client, two_stage_facts, data) -> None:
+    """Axis sizes that disagree across inputs, wrong widths, NaN and infinite values, history_mask not 0/1,
+    too many rows, malformed tensors; OK answers are raw and finite. (Values the server's checks let through,
+    `UNCHECKED_RANKER_REGIMES`, are pinned below: they are answered NaN.)"""
+    regimes = [regime for regime in hostile.RANKER_REGIMES if regime not in hostile.UNCHECKED_RANKER_REGIMES]
+    kind = hostile.Kind(
+        lambda source: ("ModelInfer", hostile.ranker_infer_request(source, two_stage_facts, regimes)),
+        verify=hostile.cases(two_stage_facts)["ModelInfer ranker"].verify,
+    )
+    _check(two_stage_client, two_stage_facts, kind, data)
+
+
+@TWO_STAGE_FUZZ
+@given(data=st.data())
+def test_hostile_item_tower_model_infer_requests(two_stage_client, two_stage_facts, data) -> None:
+    _check(two_stage_client, two_stage_facts, "ModelInfer item_tower", data)
+
+
+@TWO_STAGE_FUZZ
+@given(data=st.data())
+def test_well_formed_ranker_and_item_tower_feeds_are_answered_in_raw_outputs(
+    two_stage_client, two_stage_facts, data
+) -> None:
+    """Feeds built as the server builds its own (catalog rows, `behaviour_features`, `ranker_feeds`; catalog
+    tokens as `[CLS] ... [SEP]`), raw or typed, under any version: OK, every output asked for, raw, finite."""
+    _check(two_stage_client, two_stage_facts, "ModelInfer ranker and item_tower, well-formed", data)
+
+
 @FUZZ
 @given(regime=st.sampled_from(hostile.REGIMES), seed=st.integers(0, 2**32 - 1), data=st.data())
 def test_well_formed_rows_pass_the_servers_checks_and_each_broken_regime_fails_them(facts, regime, seed, data) -> None:
@@ -141,8 +233,10 @@ def test_well_formed_rows_pass_the_servers_checks_and_each_broken_regime_fails_t
         assert refused.value.code is ErrorCode.INVALID_ARGUMENT
 
 
-def test_the_seeded_cases_are_repeatable_and_vary_with_the_seed(facts) -> None:
+@pytest.mark.parametrize("bundle", ["cross-encoder only", "two-stage"])
+def test_the_seeded_cases_are_repeatable_and_vary_with_the_seed(facts, two_stage_facts, bundle) -> None:
     """`edgerec reliability` draws its cases from a seed: the same seed, the same bytes; another seed, others."""
+    facts = facts if bundle == "cross-encoder only" else two_stage_facts
     for name, kind in hostile.cases(facts).items():
         first, again = kind.build(hostile.SeededSource(f"7:{name}")), kind.build(hostile.SeededSource(f"7:{name}"))
         assert first[0] == again[0] and _wire(first[1]) == _wire(again[1]), name
@@ -246,6 +340,85 @@ def test_a_score_does_not_depend_on_its_batch_mates_on_the_default_variant(clien
     assert recorded.figures["max_diff"] == max(recorded.figures["score_max_diff"], recorded.figures["model_infer_diff"])
 
 
-def test_the_scenario_sends_every_known_answer(facts) -> None:
+def test_the_scenario_sends_every_known_answer(facts, two_stage_facts) -> None:
     kinds = [known.kind for known in hostile.known_answers(facts, None)]
-    assert len(kinds) == len(set(kinds)) == len(hostile.BROKEN_ROWS) + len(hostile.UNREADABLE) + 4
+    assert len(kinds) == len(set(kinds)) == len(hostile.BROKEN_ROWS) + len(hostile.UNREADABLE) + 5
+    two_stage = [known.kind for known in hostile.known_answers(two_stage_facts, None)]
+    assert len(two_stage) == len(set(two_stage)) == len(kinds) - 1 + len(hostile.BAD_DAYS_AGO) + 4
+
+
+def test_recommend_on_a_bundle_without_the_ranker_is_failed_precondition(client) -> None:
+    outcome = _run(client, hostile.recommend_without_ranker())
+    assert outcome.passed and outcome.got.startswith("FAILED_PRECONDITION"), outcome.got
+
+
+# -- the two-stage API's known answers -------------------------------------------------------------
+@pytest.mark.parametrize("kind", list(hostile.BAD_DAYS_AGO))
+def test_a_days_ago_negative_or_not_finite_is_refused_naming_it(two_stage_client, two_stage_facts, kind) -> None:
+    """Score, Rank and Recommend each answer INVALID_ARGUMENT "context[0].days_ago: ..."."""
+    outcome = _run(two_stage_client, hostile.bad_days_ago(two_stage_facts, kind))
+    assert outcome.passed, outcome.got
+    assert outcome.got.count("INVALID_ARGUMENT: context[0].days_ago: ") == 3, outcome.got
+
+
+def test_days_ago_is_read_as_documented(two_stage_client, two_stage_facts) -> None:
+    """1e308 and the largest double as the cap (365 days), 0 and -0.0 as one minute ago; 365 and one minute differ."""
+    outcome = _run(two_stage_client, hostile.days_ago_read_as_documented(two_stage_facts))
+    assert outcome.passed, outcome.got
+
+
+def test_rerank_top_past_max_rerank_top_is_refused_naming_it(two_stage_client, two_stage_facts) -> None:
+    """max_rerank_top + 1 and uint32 max, in Score, Rank and Recommend: INVALID_ARGUMENT "rerank_top: ..."."""
+    outcome = _run(two_stage_client, hostile.rerank_top_past_max(two_stage_facts, hostile.RANKER_LIMITS.max_rerank_top))
+    assert outcome.passed and outcome.got.count("INVALID_ARGUMENT: rerank_top: ") == 6, outcome.got
+
+
+def test_recommend_k_and_purchased_out_of_range_are_refused_naming_them(two_stage_client) -> None:
+    outcome = _run(two_stage_client, hostile.recommend_refused())
+    assert outcome.passed, outcome.got
+
+
+def test_recommend_filters_that_leave_nothing_answer_no_items(two_stage_client, two_stage_facts) -> None:
+    outcome = _run(two_stage_client, hostile.recommend_nothing_left(two_stage_facts))
+    assert outcome.passed, outcome.got
+
+
+def test_every_known_answer_holds_on_the_two_stage_bundle(two_stage_client, two_stage_facts) -> None:
+    """What the scenario sends a two-stage bundle: issue 11's known answers (Score and Rank answered by the
+    ranker, a candidate alone and among batch-mates bit-identical) and the two-stage API's."""
+    tally, unhealthy, outcomes = hostile.check_known_answers(two_stage_client, hostile.known_answers(two_stage_facts, 0.0))
+    assert unhealthy == 0 and tally.lost == 0, tally.summary()
+    assert all(outcome.passed for outcome in outcomes), [outcome.got for outcome in outcomes if not outcome.passed]
+
+
+# -- the ranker's ModelInfer: values outside the signature's domain (server finding, not fixed here) ----------
+UNCHECKED_FEEDS = {  # what is changed in one customer's feeds: let through by the checks, answered NaN or inf
+    "history_counts -2 (a real slot)": {"history_counts": -2.0},
+    "history_counts -2 (a padding slot, history_mask 0)": {"history_counts": -2.0, "history_mask": 0},
+    "candidate_embeddings 3.4e38": {"candidate_embeddings": 3.4e38},
+}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="server finding: TwoStagePipeline.infer checks ranker feeds for finiteness and history_mask only; counts "
+    "below -1 or extreme finite values reach the model and the answer is OK with NaN/inf outputs",
+)
+@pytest.mark.parametrize("case", list(UNCHECKED_FEEDS))
+def test_ranker_feeds_outside_their_domain_are_refused_or_answered_finite(two_stage_client, two_stage_facts, case) -> None:
+    """One past item (embedding 0.5 everywhere, count 2, 1 day ago) and one candidate, then the first entry
+    of each input named changed: INVALID_ARGUMENT, or OK with finite outputs."""
+    dim, features = two_stage_facts.embedding_dim, hostile.NUM_FEATURES
+    tensors = {
+        "history_embeddings": np.full((1, dim), 0.5, np.float32), "history_counts": np.array([2.0], np.float32),
+        "history_days": np.array([1.0], np.float32), "history_mask": np.array([1]),
+        "candidate_embeddings": np.full((1, dim), 0.5, np.float32), "candidate_features": np.zeros((1, features), np.float32),
+    }  # fmt: skip
+    for name, value in UNCHECKED_FEEDS[case].items():
+        tensors[name][0] = value
+    request = hostile.add_tensors(hostile.kserve.ModelInferRequest(model_name="ranker"), hostile.RANKER, tensors, raw=True)
+    answer = two_stage_client.check("ModelInfer", request)
+    assert answer.healthy
+    assert answer.code == "INVALID_ARGUMENT" or (
+        answer.code == "OK" and hostile.raw_answer_problem(request, answer.data, two_stage_facts.embedding_dim) is None
+    ), (answer.code, answer.details, answer.code == "OK" and hostile.raw_outputs(answer.data, hostile.RANKER))
