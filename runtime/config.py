@@ -160,12 +160,18 @@ class RankerConfig:
     )
     max_rerank_top: int = setting(64, "largest rerank_top a request may ask for (each re-ranked candidate is one BERT pass)")
     ranker_max_batch_candidates: int = setting(
-        8192, "most candidates in one batch of the ranker (a whole-catalog Recommend is one request's rows)"
+        16384, "most candidates in one batch of the ranker (a whole-catalog Recommend is one request's rows)"
     )
     ranker_max_queue_candidates: int = setting(
-        65536, "admission bound of the ranker: candidates admitted and not yet scored; beyond it RESOURCE_EXHAUSTED"
+        65536, "admission bound of the ranker: candidates admitted and not yet scored; beyond it RESOURCE_EXHAUSTED "
+        "(the [batcher] time bound usually refuses first)"
     )
-    ranker_threads: int = setting(0, "ONNX Runtime threads of one ranker call (user side + head); 0: one per core")
+    ranker_threads: int = setting(
+        0,
+        "the ranker's threads: a batch holding one request runs as one call on this many ONNX Runtime threads; "
+        "a batch of several requests runs them this many at once, each single-threaded (as the cross-encoder's "
+        "rows_alone); 0: one per core",
+    )
     text_cache_size: int = setting(4096, "free-text item embeddings kept (least recently used out first)")
 
 

@@ -34,6 +34,7 @@ import dataclasses
 import logging
 import shutil
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -43,7 +44,7 @@ import numpy as np
 from edgerec.core.bundle import VOCAB_SIZE, Bundle, open_bundle
 from edgerec.core.errors import EdgeRecError, ErrorCode
 from edgerec.core.featurize import Featurizer, FeaturizerConfig
-from edgerec.core.sessions import RowRunner
+from edgerec.core.sessions import RowRunner, available_cpus
 from edgerec.core.settings import from_jsonable
 from edgerec.core.signatures import CROSS_ENCODER, RANKER_SIGNATURES, SIGNATURES, ModelSignature
 from edgerec.runtime.backends.base import Backend
@@ -54,7 +55,7 @@ from edgerec.runtime.metrics import Metrics
 from edgerec.runtime.pipeline import CrossEncoderPipeline
 from edgerec.runtime.ranker import RankerScorer
 from edgerec.runtime.scheduler import Segment
-from edgerec.runtime.two_stage import RankerStage, TwoStagePipeline, prepare_segments, run_segments
+from edgerec.runtime.two_stage import RankerStage, SegmentRunner, TwoStagePipeline, prepare_segments
 
 log = logging.getLogger(__name__)
 
@@ -227,11 +228,13 @@ def load_ranker(bundle: Bundle, config: Config, metrics: Metrics) -> RankerStage
             f"ranker_max_queue_candidates ({batching.max_queue_pairs}); Recommend could never be admitted",
         )
     name = f"{bundle.name}-{bundle.version}"
-    batcher = Batcher(batching, prepare_segments, run_segments, metrics.for_stage("ranker"), f"{name}-ranker", padded=False)
+    workers = config.ranker.ranker_threads or available_cpus()
+    runner, tower_runner = SegmentRunner(workers, f"{name}-ranker"), SegmentRunner(1, f"{name}-item-tower")
+    batcher = Batcher(batching, prepare_segments, runner, metrics.for_stage("ranker"), f"{name}-ranker", padded=False)
     tower_batcher = Batcher(
-        batching, prepare_segments, run_segments, metrics.for_stage("item_tower"), f"{name}-item-tower", padded=False
+        batching, prepare_segments, tower_runner, metrics.for_stage("item_tower"), f"{name}-item-tower", padded=False
     )
-    return RankerStage(scorer, batcher, tower_batcher)
+    return RankerStage(scorer, batcher, tower_batcher, (runner, tower_runner))
 
 
 def embeddable_ids(bundle: Bundle, featurizer: Featurizer, backend: Backend) -> int:
@@ -405,9 +408,14 @@ class ModelVersion:
     async def retire(self, timeout: float | None = None) -> bool:
         """Stop admitting, finish admitted work (up to `timeout` s), then free the backends.
         True if everything finished in time."""
-        finished = await asyncio.gather(*(batcher.drain(timeout) for batcher in self._batchers()))
+        started = time.perf_counter()
+        calls_done = await self.pipeline.wait_idle(timeout)  # a two-stage call still needs its second batcher
+        left = None if timeout is None else max(0.0, timeout - (time.perf_counter() - started))
+        finished = await asyncio.gather(*(batcher.drain(left) for batcher in self._batchers()))
         for instance in self.instances.values():
             instance.close()
+        if self.ranker is not None:
+            self.ranker.close()
         if self._unpacked_to is not None:
             shutil.rmtree(self._unpacked_to, ignore_errors=True)
-        return all(finished)
+        return calls_done and all(finished)

@@ -101,8 +101,9 @@ class CustomerRows:
         self.lengths = np.ones(len(keys), dtype=np.int64)
         self.pad_values: dict[str, int] = {}
 
-    def run(self, indices: np.ndarray) -> tuple[np.ndarray, ...]:
-        return self.scorer._run(self, indices)
+    def run(self, indices: np.ndarray, alone: bool = True) -> tuple[np.ndarray, ...]:
+        """`alone`: on the multi-threaded session (the batch's only request), else the single-threaded one."""
+        return self.scorer._run(self, indices, alone)
 
 
 class RankerFeeds:
@@ -117,7 +118,7 @@ class RankerFeeds:
         self.lengths = np.ones(len(feeds[RANKER.input_names[4]]), dtype=np.int64)
         self.pad_values: dict[str, int] = {}
 
-    def run(self, indices: np.ndarray) -> tuple[np.ndarray, ...]:
+    def run(self, indices: np.ndarray, alone: bool = True) -> tuple[np.ndarray, ...]:
         feeds = dict(self.feeds)
         for name in RANKER.input_names[4:]:  # candidate_embeddings, candidate_features: rows are candidates
             feeds[name] = self.feeds[name][indices]
@@ -136,7 +137,7 @@ class TowerFeeds:
         self.lengths = np.ones(len(feeds[ITEM_TOWER.input_names[0]]), dtype=np.int64)
         self.pad_values: dict[str, int] = {}
 
-    def run(self, indices: np.ndarray) -> tuple[np.ndarray, ...]:
+    def run(self, indices: np.ndarray, alone: bool = True) -> tuple[np.ndarray, ...]:
         feeds = {name: values[indices] for name, values in self.feeds.items()}
         return tuple(self.session.run(list(ITEM_TOWER.output_names), feeds))
 
@@ -163,6 +164,9 @@ class RankerScorer:
         self.index = {item: row for row, item in enumerate(self.item_ids)}
         self.tables = BehaviourTables.load(bundle.data_path("behaviour_tables"))
         self.ranker_session = create_session(bundle.variant_path(RANKER.name), session_config, RANKER)
+        # the same model on one thread, for batches whose requests run side by side (`run(..., alone=False)`)
+        single = dataclasses.replace(session_config, intra_op_threads=1)
+        self.ranker_single = create_session(bundle.variant_path(RANKER.name), single, RANKER).session
         self.tower_session = create_session(bundle.variant_path(ITEM_TOWER.name), session_config, ITEM_TOWER)
         self.precisions = {name: bundle.model(name).variant().precision for name in (ITEM_TOWER.name, RANKER.name)}
         self.ranker = self.ranker_session.session
@@ -228,7 +232,9 @@ class RankerScorer:
         """The payload scoring catalog items by row (int64 [N], e.g. the whole catalog for Recommend)."""
         entries, history_refs = self.history(history)
         rows = np.asarray(rows, dtype=np.int64)
-        return CustomerRows(self, entries, history_refs, [self.item_ids[r] for r in rows.tolist()], rows)
+        whole = len(rows) == len(self.item_ids) and (rows == np.arange(len(rows))).all()
+        keys = self.item_ids if whole else [self.item_ids[r] for r in rows.tolist()]
+        return CustomerRows(self, entries, history_refs, keys, rows)
 
     def score(
         self, history: Sequence[PastItem], candidates: Sequence[RankedItem]
@@ -246,7 +252,7 @@ class RankerScorer:
         """Width of the item embeddings (the `dim` axis of both models)."""
         return int(self.embeddings.shape[1])
 
-    def _run(self, rows: CustomerRows, indices: np.ndarray) -> tuple[np.ndarray, ...]:
+    def _run(self, rows: CustomerRows, indices: np.ndarray, alone: bool = True) -> tuple[np.ndarray, ...]:
         """Score `rows`' candidates at `indices` (worker thread): one ranker call, every output."""
         indices = np.asarray(indices, dtype=np.int64)
         refs = rows.refs[indices] if isinstance(rows.refs, np.ndarray) else [rows.refs[i] for i in indices.tolist()]
@@ -269,4 +275,5 @@ class RankerScorer:
         index = {entry.key: row for entry, row in zip(rows.entries, history_rows)}
         features = behaviour_features(rows.entries, keys, self.tables)
         feeds = ranker_feeds(embeddings, history_arrays(rows.entries, index, MAX_HISTORY), candidate_rows, features)
-        return tuple(self.ranker.run(list(RANKER.output_names), feeds))
+        session = self.ranker if alone else self.ranker_single
+        return tuple(session.run(list(RANKER.output_names), feeds))

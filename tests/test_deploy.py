@@ -44,7 +44,7 @@ EXAMPLE_CONFIG = DEPLOY / "edgerec.example.toml"
 # Makefile's RUNTIME_TESTS there; this list must stay the same (a test below checks).
 RUNTIME_TESTS = (
     "test_batcher.py", "test_scheduler.py", "test_backend.py", "test_config.py", "test_featurize.py",
-    "test_server.py", "test_server_security.py", "test_status.py",
+    "test_server.py", "test_server_security.py", "test_status.py", "test_two_stage.py",
 )
 RUNTIME_VENV_ENV = "TESTS_RUNTIME_VENV"  # set by `make test`: the runtime-only venv it built and tested
 TRAINING_OR_CUDA = re.compile(r"^(torch|torchvision|transformers|optimum|tensorrt|onnxruntime-gpu|nvidia-.*)$")
