@@ -231,8 +231,15 @@ class TwoStagePipeline:
                     raise invalid(f"{field}.{spec.name}", "values must be finite")
             if not np.isin(tensors["history_mask"], (0, 1)).all():
                 raise invalid(f"{field}.history_mask", "values must be 0 or 1")
+            for name in ("history_counts", "history_days"):  # a count and a number of days: log1p(-1) is -inf
+                if (tensors[name] < 0).any():
+                    raise invalid(f"{field}.{name}", "values must be >= 0")
             payload, batcher, signature = RankerFeeds(scorer.ranker, tensors), self.ranker.batcher, RANKER
         outputs = await batcher.submit(payload, payload.lengths, timeout)
+        for name, values in zip(signature.output_names, outputs):
+            if not np.isfinite(values).all():  # e.g. embeddings near float32's largest value overflow the head
+                raise invalid(field, f"the model's output {name} is not finite for these inputs; send values in the ranges of "
+                              f"the model's metadata (embeddings of the bundle's catalog or item tower)")
         return dict(zip(signature.output_names, outputs))
 
     # -- Score / Rank -----------------------------------------------------------
@@ -249,7 +256,7 @@ class TwoStagePipeline:
         `rerank_top`). Raises EdgeRecError as the module docstring says.
         """
         self.cross.check_sizes(context, candidates)
-        top = self._rerank_top(rerank_top)
+        top = self._rerank_top(rerank_top) if self.ranker is not None else 0  # ignored without a ranker
         deadline = None if timeout is None else time.perf_counter() + timeout
         with self._call():
             if self.ranker is None:

@@ -559,14 +559,15 @@ def raw_outputs(data: bytes, signature: ModelSignature = CROSS_ENCODER) -> dict[
 
 # -- KServe ModelInfer of the two-tower ranker's models (item_tower, ranker) ----------------------------
 # How a request's tensors are broken ("valid": as the server builds its own feeds; "malformed tensors":
-# `malform`). The ranker's refusals are INVALID_ARGUMENT. `UNCHECKED_RANKER_REGIMES` are finite values outside
-# the signature's domain that the server's checks let through: refused or not, an OK answer must still be
-# finite (found: they are answered OK with NaN or infinite outputs; tests/test_fuzz_hostile.py pins it).
+# `malform`). The ranker's refusals are INVALID_ARGUMENT. "counts or days outside their range" and "extreme
+# finite values" are finite values outside the signature's domain: refused or not, an OK answer must still be
+# finite (the fuzzer found them answered OK with NaN or inf; the server now refuses negative counts and days,
+# and any call whose outputs are not finite). `UNCHECKED_RANKER_REGIMES`: none left.
 RANKER_REGIMES = (
     "valid", "NaN or infinite values", "history_mask not 0/1", "axis sizes disagree", "wrong widths",
     "too many rows", "counts or days outside their range", "extreme finite values", "malformed tensors",
 )  # fmt: skip
-UNCHECKED_RANKER_REGIMES = ("counts or days outside their range", "extreme finite values")
+UNCHECKED_RANKER_REGIMES: tuple[str, ...] = ()
 TOWER_REGIMES = (
     "valid", "negative ids", "ids past the vocabulary", "int64 extremes", "masks not 0/1", "rows attending nothing",
     "axis sizes disagree", "sequence too short or too long", "too many rows", "malformed tensors",
