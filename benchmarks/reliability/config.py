@@ -69,7 +69,8 @@ class ReliabilityConfig(LoadTestConfig):
     drain_burst_pairs: int = setting(2048, "SIGTERM: pairs admitted in a burst just before the signal (at most half the queue bound)")
     abandoned_requests: int = setting(40, "requests that give up (deadline or cancel) while queued")
     fuzz_examples: int = setting(
-        300, "hostile messages generated per message kind (Score, Rank, ModelInfer, well-formed ModelInfer rows, raw bytes)"
+        300, "hostile messages generated per message kind (hostile.cases: Score, Rank, Recommend, ModelInfer of each "
+        "served model, well-formed rows and feeds, raw bytes)"
     )
     batch_mates_bound: float | None = setting(
         0.0,
