@@ -51,7 +51,8 @@ train: $(STAMP)
 eval: $(STAMP)
 	$(EDGEREC) eval --checkpoint $(ARTIFACTS)/checkpoint
 
-# EXPORT_FLAGS: more `edgerec export` flags, e.g. `make export EXPORT_FLAGS=--ranker` (the two-tower ranker too).
+# EXPORT_FLAGS: more `edgerec export` flags, e.g. `make export EXPORT_FLAGS=--no-ranker` (cross-encoder only)
+# or `EXPORT_FLAGS=--cpu-only` (no GPU variants in the bundle).
 EXPORT_FLAGS ?=
 export: $(STAMP)
 	$(EDGEREC) export --artifacts $(ARTIFACTS) $(EXPORT_FLAGS)

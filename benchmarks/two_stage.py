@@ -275,6 +275,21 @@ def export_quality(bundle: Bundle, export_dir: Path) -> dict[str, dict[str, Any]
             "baskets": sizes.get("baskets"),
             "source": f"{source}: whole test split, stored candidates",
         }
+        from edgerec.export.ranker_export import TWO_STAGE  # the export's key of its two-stage rows
+
+        two_stage = evaluation.get(TWO_STAGE, {})
+        prefix = "ranker, cross-encoder re-ranks top "
+        for name, slices in two_stage.items():
+            if isinstance(slices, Mapping) and name.startswith(prefix):
+                entry = slices.get("all", {})
+                out[f"rerank {name[len(prefix):]}"] = {
+                    "ndcg@10": entry.get("ndcg@10"),
+                    "ndcg@10_ci95": entry.get("ci95", {}).get("ndcg@10"),
+                    "gauc": entry.get("gauc"),
+                    "auc": entry.get("auc"),
+                    "baskets": two_stage.get("baskets"),
+                    "source": f"{source}: the cross-encoder's test subsample, stored candidates",
+                }
     results = bundle.model(CROSS_ENCODER.name).info.get("metrics", {}).get("evaluation", {}).get("results", {})
     mine = next((name for name in results if name.startswith("edgerec")), None)
     if mine is None:
@@ -294,8 +309,12 @@ def export_quality(bundle: Bundle, export_dir: Path) -> dict[str, dict[str, Any]
 def scenario_quality(scenario: Mapping[str, Any], quality: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """The quality the export's evaluation recorded for a scenario's path; re-ranked paths (0 < R < N) have none."""
     if scenario["path"] == "ranker + cross-encoder":
-        return {"reason": f"not in this bundle (the export's evaluation has no re-rank of the top {scenario['rerank_top']})"}
-    entry = dict(quality.get(scenario["path"], {"reason": "not in this bundle"}))
+        entry = quality.get(f"rerank {scenario['rerank_top']}")
+        if entry is None:
+            return {"reason": f"not in this bundle (the export's evaluation has no re-rank of the top {scenario['rerank_top']})"}
+        entry = dict(entry)
+    else:
+        entry = dict(quality.get(scenario["path"], {"reason": "not in this bundle"}))
     if scenario["rpc"] == "Recommend" and "reason" not in entry:
         entry["note"] = "evaluated on the test baskets' candidates, not as retrieval over the whole catalog"
     return entry

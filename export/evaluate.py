@@ -331,7 +331,47 @@ def evaluate(config: EvalConfig) -> dict:
     folder = Path(config.checkpoint)
     dump_json(folder / "eval_report.json", report)
     (folder / "eval_report.md").write_text(markdown_table(results, sizes))
+    n_main = sum(len(b.candidates) for b in main)
+    save_basket_scores(folder / EVAL_SCORES, main, probs[:n_main], quantities[:n_main])
     return report
+
+
+EVAL_SCORES = "eval_scores.npz"  # the model's scores of the main subsample, next to eval_report.json
+
+
+def save_basket_scores(path: Path, baskets: Sequence[Basket], probabilities: np.ndarray, quantities: np.ndarray) -> Path:
+    """Per-candidate scores of `baskets` (flat, basket order) with what identifies them (invoice, customer,
+    candidate ids), so that a later step can pair them with another model's scores of the same candidates."""
+    np.savez(
+        path,
+        invoice=np.array([b.invoice for b in baskets]),
+        customer=np.array([b.customer_id for b in baskets]),
+        sizes=np.array([len(b.candidates) for b in baskets], dtype=np.int64),
+        candidates=np.array([c for b in baskets for c in b.candidates]),
+        probabilities=np.asarray(probabilities, dtype=np.float32),
+        quantities=np.asarray(quantities, dtype=np.float32),
+    )
+    return Path(path)
+
+
+def matching_scores(path: Path, baskets: Sequence[Basket]) -> tuple[list[int], np.ndarray, np.ndarray] | None:
+    """Scores saved by `save_basket_scores`, matched to `baskets` by (customer, invoice) with the same
+    candidates in the same order: (positions in `baskets`, probabilities, quantities) in the saved order;
+    None when the file is missing or a saved basket is not among `baskets` as saved."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    saved = np.load(path)
+    where = {(b.customer_id, b.invoice): i for i, b in enumerate(baskets)}
+    positions, start = [], 0
+    candidates = saved["candidates"].tolist()
+    for customer, invoice, size in zip(saved["customer"].tolist(), saved["invoice"].tolist(), saved["sizes"].tolist()):
+        i = where.get((customer, invoice))
+        if i is None or tuple(candidates[start : start + size]) != baskets[i].candidates:
+            return None
+        positions.append(i)
+        start += size
+    return positions, saved["probabilities"], saved["quantities"]
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

@@ -45,7 +45,7 @@ from edgerec.core.settings import add_arguments, from_arguments, from_jsonable, 
 from edgerec.core.signatures import CROSS_ENCODER
 from edgerec.export.bundle import build_bundle, pack_bundle
 from edgerec.export.data import DataConfig
-from edgerec.export.evaluate import EvalConfig, evaluate, main_only
+from edgerec.export.evaluate import EVAL_SCORES, EvalConfig, evaluate, main_only
 from edgerec.export.latency import LatencyConfig
 from edgerec.export.latency import measure as measure_latency
 from edgerec.export.model import Checkpoint, load_checkpoint
@@ -367,7 +367,10 @@ def export(
     step = 6
     if config.ranker:
         with _step(step, total, "two-tower ranker: train, export, gate, evaluate on the whole test split", seconds):
-            ranker = build_ranker(data, config.artifacts / "export" / "ranker", ranker_config, gate)
+            ranker = build_ranker(
+                data, config.artifacts / "export" / "ranker", ranker_config, gate,
+                cross_encoder_scores=config.checkpoint_dir / EVAL_SCORES,
+            )
             report_path = config.artifacts / "export" / "ranker" / "ranker_report.json"
             report_path.write_text(json.dumps(to_jsonable(ranker.report), indent=1))
             print(ranker_summary_table(ranker.report))

@@ -38,7 +38,16 @@ from edgerec.export.baselines import (
     popularity,
     repeat_frequency,
 )
-from edgerec.export.evaluate import bootstrap_intervals, main_only, popularity_negatives, ranking_report
+from edgerec.export.evaluate import (
+    RERANK_OFFSET,
+    bootstrap_intervals,
+    main_only,
+    matching_scores,
+    paired_intervals,
+    popularity_negatives,
+    ranking_report,
+    two_stage_scores,
+)
 from edgerec.export.ranker import ItemTower, save_ranker
 from edgerec.export.ranker_onnx import (
     SERVING_COMBINATION,
@@ -66,6 +75,8 @@ TOWER_PRECISIONS = ("fp32", "fp32-optimized")
 # baskets (over the parity bounds) and the int8 ranker ran 10% slower to 26% faster: fp32 is served.
 RANKER_PRECISIONS = ("fp32",)
 EVAL_SLICES = ("all", "new")
+RERANK_TOPS = (10, 20)  # the two-stage rows of the evaluation: the cross-encoder re-ranks the ranker's top R
+TWO_STAGE = "two-stage (cross-encoder subsample)"  # the evaluation's key of those rows
 EVAL_METRICS = ("auc", "gauc", "ndcg@10", "hr@10", "mrr", "rmse_log_quantity")
 
 
@@ -95,8 +106,15 @@ def evaluate_on_test(
     config: RankerConfig,
     resamples: int = 200,
     progress: bool = True,
+    cross_encoder_scores: Path | None = None,
 ) -> dict[str, Any]:
     """The ranker and the baselines on the whole test split: stored candidates and popularity negatives.
+
+    With `cross_encoder_scores` (the cross-encoder evaluation's `evaluate.EVAL_SCORES`, its subsample
+    of test baskets), the two-stage rows too, under `TWO_STAGE`: on those baskets' stored candidates,
+    the ranker alone, the cross-encoder alone and the ranker's top R re-ranked by the cross-encoder
+    (`evaluate.two_stage_scores`, the served rule) for each R in `RERANK_TOPS`, with each one's
+    paired difference from the ranker alone ("vs_ranker", 95% interval over customers).
 
     Baselines: the customer's repeat frequency, the repeat + co-occurrence blend tuned on validation
     for each of `BLEND_OBJECTIVES` (all baskets, new-to-customer items), TF-IDF text similarity, and
@@ -132,6 +150,8 @@ def evaluate_on_test(
         encoded = encode_baskets(baskets, prepared.purchases, tables, index, config.max_history, progress)
         lap("ranker_features_s")
         scores = {"ranker": score_encoded(model, matrix, encoded)}
+        if label == "stored":
+            stored_ranker = scores["ranker"]
         lap("ranker_scoring_s")
         scores.update({name: (b.score(baskets), None) for name, b in baselines.items()})
         lap("baseline_scoring_s")
@@ -152,8 +172,44 @@ def evaluate_on_test(
         table[MEDIAN_QUANTITY] = {sl: {"rmse_log_quantity": quantity[sl]["rmse_log_quantity"]} for sl in EVAL_SLICES}
         lap("metrics_s")
         out[label] = table
+    if cross_encoder_scores is not None:
+        out[TWO_STAGE] = two_stage_table(test, stored_ranker, cross_encoder_scores, resamples)
+        lap("two_stage_s")
     out["timings"] = timings
     return out
+
+
+def two_stage_table(
+    baskets: list, ranker: tuple[np.ndarray, np.ndarray], cross_encoder_scores: Path, resamples: int
+) -> dict[str, Any]:
+    """The `TWO_STAGE` rows (see `evaluate_on_test`) on the baskets the cross-encoder scored."""
+    matched = matching_scores(cross_encoder_scores, baskets)
+    if matched is None:
+        return {"skipped": f"{cross_encoder_scores} is missing or scored other baskets than these"}
+    positions, cross_p, cross_q = matched
+    offsets = np.cumsum([0] + [len(b.candidates) for b in baskets])
+    subset = [baskets[i] for i in positions]
+    ranker_p, ranker_q = (np.concatenate([a[offsets[i] : offsets[i + 1]] for i in positions]) for a in ranker)
+    rows: dict[str, tuple[np.ndarray, np.ndarray]] = {"ranker": (ranker_p, ranker_q), "cross-encoder": (cross_p, cross_q)}
+    for top in RERANK_TOPS:
+        order, _ = two_stage_scores(subset, ranker_p, cross_p, top)
+        rows[f"ranker, cross-encoder re-ranks top {top}"] = (order, np.where(order >= RERANK_OFFSET, cross_q, ranker_q))
+    table: dict[str, Any] = {"baskets": len(subset), "candidates": int(len(ranker_p))}
+    for name, (score, quantity) in rows.items():
+        report = ranking_report(subset, score, quantity)
+        intervals = bootstrap_intervals(subset, score, resamples, seed=0, unit="customer", slices=EVAL_SLICES)
+        table[name] = {
+            sl: {
+                **{m: report[sl][m] for m in EVAL_METRICS if m in report[sl]},
+                "ci95": {m: [v["low"], v["high"]] for m, v in intervals[sl].items() if m in ("ndcg@10", "gauc")},
+            }
+            for sl in EVAL_SLICES
+        }
+        if name != "ranker":
+            paired = paired_intervals(subset, score, ranker_p, resamples, seed=0, unit="customer", slices=EVAL_SLICES)
+            for sl in EVAL_SLICES:
+                table[name][sl]["vs_ranker"] = {m: paired[sl][m] for m in ("ndcg@10", "gauc")}
+    return table
 
 
 def build_ranker(
@@ -163,6 +219,7 @@ def build_ranker(
     gate: GateConfig = GateConfig(),
     resamples: int = 200,
     progress: bool = True,
+    cross_encoder_scores: Path | None = None,
 ) -> RankerBuild:
     """Steps 1-5 of the module docstring; files go under `workdir`. Raises `validate.GateFailed` if a
     combination fails its gate, ValueError if the data has no validation baskets to gate on."""
@@ -193,7 +250,7 @@ def build_ranker(
     serving = next(g for g in gated if (g.tower_precision, g.ranker_precision) == SERVING_COMBINATION)
 
     mark = time.perf_counter()
-    evaluation = evaluate_on_test(prepared, run.model, ids, matrix, config, resamples, progress)
+    evaluation = evaluate_on_test(prepared, run.model, ids, matrix, config, resamples, progress, cross_encoder_scores)
     timings["evaluation_s"] = time.perf_counter() - mark
 
     after_last = pd.Timestamp(prepared.purchases["time"].max()) + pd.Timedelta(seconds=1)
@@ -232,4 +289,28 @@ def summary_table(report: dict[str, Any]) -> str:
             cells = [cell(sl, m) for m in ("ndcg@10", "gauc") for sl in EVAL_SLICES]
             cells += [cell(sl, "rmse_log_quantity") for sl in EVAL_SLICES]
             lines.append(f"| {label} | {name} | " + " | ".join(cells) + " |")
+    two_stage = evaluation.get(TWO_STAGE, {})
+    if "skipped" in two_stage:
+        lines.append(f"\n{TWO_STAGE}: skipped ({two_stage['skipped']})")
+    elif two_stage:
+        lines += [
+            "",
+            f"{TWO_STAGE}: {two_stage['baskets']} test baskets, {two_stage['candidates']} stored candidates; "
+            "paired difference from the ranker alone, 95% interval over customers",
+            "",
+            "| model | NDCG@10 all | vs ranker | NDCG@10 new | vs ranker | GAUC all | vs ranker |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for name, slices in two_stage.items():
+            if not isinstance(slices, dict):
+                continue
+
+            def delta(sl: str, metric: str) -> str:
+                d = slices[sl].get("vs_ranker", {}).get(metric)
+                return "" if d is None else f"{d['estimate']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
+
+            lines.append(
+                f"| {name} | {slices['all']['ndcg@10']:.3f} | {delta('all', 'ndcg@10')} | {slices['new']['ndcg@10']:.3f} "
+                f"| {delta('new', 'ndcg@10')} | {slices['all']['gauc']:.3f} | {delta('all', 'gauc')} |"
+            )
     return "\n".join(lines)

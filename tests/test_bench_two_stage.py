@@ -180,6 +180,19 @@ def test_quality_comes_from_the_ranker_report_of_this_bundles_export_only(tiny_t
     ranker = export_quality(bundle, tmp_path / "export")["ranker"]
     assert (ranker["ndcg@10"], ranker["baskets"], ranker["ndcg@10_ci95"]) == (0.506, 3053, [0.496, 0.516])
     assert str(report) in ranker["source"]
+    # the export's two-stage rows give the re-ranked paths their quality
+    from edgerec.export.ranker_export import TWO_STAGE
+
+    written = _ranker_report(0.506)
+    written["evaluation"][TWO_STAGE] = {
+        "baskets": 160, "candidates": 8000, "ranker": {"all": {"ndcg@10": 0.53}},
+        "ranker, cross-encoder re-ranks top 20": {"all": {"ndcg@10": 0.51, "gauc": 0.68, "ci95": {"ndcg@10": [0.49, 0.53]}}},
+    }  # fmt: skip
+    report.write_text(json.dumps(written))
+    quality = export_quality(bundle, tmp_path / "export")
+    assert (quality["rerank 20"]["ndcg@10"], quality["rerank 20"]["baskets"]) == (0.51, 160)
+    reranked = scenario_quality({"rpc": "Rank", "path": "ranker + cross-encoder", "rerank_top": 20}, quality)
+    assert reranked["ndcg@10"] == 0.51 and "subsample" in reranked["source"]
 
 
 def test_each_scenario_states_its_paths_quality_or_that_the_evaluation_has_none() -> None:

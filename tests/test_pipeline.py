@@ -93,6 +93,17 @@ def test_export_trains_evaluates_exports_gates_and_bundles(tiny_data, tiny_gate,
     median = evaluation["stored"]["item past median quantity"]["all"]
     assert set(median) == {"rmse_log_quantity"} and median["rmse_log_quantity"] > 0  # a quantity-only baseline
     assert "| stored | item past median quantity |" in table
+    # the two-stage rows, on the baskets the cross-encoder's evaluation scored (its saved scores)
+    from edgerec.export.evaluate import EVAL_SCORES
+    from edgerec.export.ranker_export import RERANK_TOPS, TWO_STAGE
+
+    assert (artifacts / "checkpoint" / EVAL_SCORES).exists()
+    two_stage = evaluation[TWO_STAGE]
+    rerank_rows = [f"ranker, cross-encoder re-ranks top {top}" for top in RERANK_TOPS]
+    assert set(two_stage) == {"baskets", "candidates", "ranker", "cross-encoder", *rerank_rows}
+    assert 0 < two_stage["baskets"] <= 8
+    assert set(two_stage[rerank_rows[0]]["all"]["vs_ranker"]) == {"ndcg@10", "gauc"}
+    assert f"{TWO_STAGE}: {two_stage['baskets']} test baskets" in table
     # the export report: every step's seconds, the bundle's size both ways, the latency table
     export_report = json.loads((artifacts / "export" / "export_report.json").read_text())
     assert {"checkpoint", "validation gate", "bundle folder", "archive"} <= set(export_report["step_seconds"])
