@@ -50,7 +50,7 @@ from edgerec.core.signatures import CROSS_ENCODER, ITEM_TOWER, RANKER, RANKER_SI
 from edgerec.runtime.config import RankerConfig
 from edgerec.runtime.metrics import Metrics
 from edgerec.runtime.pipeline import Candidate, ContextRef, CrossEncoderPipeline, ItemRef
-from edgerec.runtime.ranker import RankerFeeds, TowerFeeds
+from edgerec.runtime.ranker import RankerFeeds, TowerFeeds, days_ago_of
 
 if TYPE_CHECKING:
     from edgerec.runtime.batcher import Batcher
@@ -260,6 +260,8 @@ class TwoStagePipeline:
         deadline = None if timeout is None else time.perf_counter() + timeout
         with self._call():
             if self.ranker is None:
+                for i, item in enumerate(context):  # unused by the cross-encoder, but its range holds for every bundle
+                    days_ago_of(item, f"context[{i}].days_ago")
                 return await self._cross_alone(context, candidates, deadline)
             rows = self.ranker.scorer.rows(context, candidates)
             return await self._two_stages(context, rows, candidates.__getitem__, top, deadline)

@@ -287,12 +287,13 @@ def two_stage_score_request(source: Source, known: Sequence[str]) -> domain.Scor
 
 def two_stage_refusal(request, ranker: bool, max_rerank_top: int) -> str | None:
     """The field whose INVALID_ARGUMENT must answer `two_stage_score_request`'s request, None when it must be
-    answered OK: `rerank_top` past `max_rerank_top` (checked first), else on a bundle with the ranker the first
-    context item whose `days_ago` is negative or not finite (a bundle without it ignores days_ago)."""
-    if request.HasField("rerank_top") and request.rerank_top > max_rerank_top:
+    answered OK: on a bundle with the ranker `rerank_top` past `max_rerank_top` (checked first; a bundle
+    without it ignores rerank_top), else the first context item whose `days_ago` is negative or not finite
+    (checked on every bundle)."""
+    if ranker and request.HasField("rerank_top") and request.rerank_top > max_rerank_top:
         return "rerank_top"
     for i, item in enumerate(request.context):
-        if ranker and item.HasField("days_ago") and not (math.isfinite(item.days_ago) and item.days_ago >= 0):
+        if item.HasField("days_ago") and not (math.isfinite(item.days_ago) and item.days_ago >= 0):
             return f"context[{i}].days_ago"
     return None
 
