@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
 import json
 from collections.abc import Awaitable, Mapping, Sequence
 from pathlib import Path
@@ -51,7 +50,7 @@ from edgerec.benchmarks.harness.results import Tally
 from edgerec.benchmarks.harness.server import ServerUnderTest
 from edgerec.benchmarks.server_bench import measure_level, serve_flags
 from edgerec.benchmarks.workload import Customer
-from edgerec.core.bundle import Bundle
+from edgerec.core.bundle import Bundle, sha256_file
 from edgerec.core.signatures import CROSS_ENCODER, RANKER
 from edgerec.proto import recommender_pb2, recommender_pb2_grpc
 from edgerec.runtime.config import BatcherConfig
@@ -228,14 +227,6 @@ def two_stage_estimate_s(config: TwoStageConfig, scenario_count: int) -> float:
 # -- quality, from the export's evaluation -------------------------------------------------------------
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def ranker_evaluation(bundle: Bundle, export_dir: Path) -> tuple[dict[str, Any] | None, str]:
     """The ranker's test-split evaluation (`export.ranker_export.evaluate_on_test`'s dictionary) and where it
     came from: the bundle's manifest if it holds one, else `<export_dir>/ranker/ranker_report.json` when the
@@ -249,7 +240,7 @@ def ranker_evaluation(bundle: Bundle, export_dir: Path) -> tuple[dict[str, Any] 
         return None, f"not in this bundle (no ranker evaluation in its manifest, and no {report})"
     embeddings = report.parent / f"{EMBEDDINGS}.npy"
     bundle_sha = bundle.manifest.get("files", {}).get(bundle.data.get(EMBEDDINGS, ""))
-    if not embeddings.is_file() or bundle_sha is None or _sha256(embeddings) != bundle_sha:
+    if not embeddings.is_file() or bundle_sha is None or sha256_file(embeddings) != bundle_sha:
         return None, f"not in this bundle ({report} belongs to another export: its item embeddings are not this bundle's)"
     evaluation = json.loads(report.read_text()).get("evaluation")
     if not isinstance(evaluation, Mapping) or "stored" not in evaluation:
