@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -36,15 +37,18 @@ def token(size: int) -> str:
 
 
 def outcomes(call, metadata, tries: int = TRIES) -> collections.Counter:
-    """`call(metadata)` `tries` times: how often each code came back."""
-    seen: collections.Counter = collections.Counter()
-    for _ in range(tries):
+    """`call(metadata)` `tries` times, all at once (a refusal costs gRPC ~150 ms of waiting, not of CPU):
+    how often each code came back."""
+
+    def once(_: int) -> str:
         try:
             call(metadata)
-            seen["OK"] += 1
         except grpc.RpcError as error:
-            seen[error.code().name] += 1
-    return seen
+            return error.code().name
+        return "OK"
+
+    with ThreadPoolExecutor(tries) as pool:
+        return collections.Counter(pool.map(once, range(tries)))
 
 
 def accepted_sizes(limit: int) -> list[int]:
