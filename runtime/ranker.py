@@ -256,7 +256,8 @@ class RankerScorer:
         """Score `rows`' candidates at `indices` (worker thread): one ranker call, every output."""
         indices = np.asarray(indices, dtype=np.int64)
         refs = rows.refs[indices] if isinstance(rows.refs, np.ndarray) else [rows.refs[i] for i in indices.tolist()]
-        keys = [rows.keys[i] for i in indices.tolist()]
+        every = len(indices) == len(rows.keys) and (indices == np.arange(len(indices))).all()
+        keys = rows.keys if every else [rows.keys[i] for i in indices.tolist()]
         texts = [r for r in (*rows.history_refs, *([] if isinstance(refs, np.ndarray) else refs)) if isinstance(r, str)]
         if texts:
             # A small matrix of only the rows this call reads: its catalog rows, then its free texts' rows.
