@@ -35,19 +35,14 @@ def write_samples(folder: Path, data: PreparedData) -> Path:
     return folder
 
 
-@pytest.fixture(scope="module")
-def quick_run(
-    exported_bundle: Path, tiny_checkpoint: Path, tiny_data: PreparedData, tmp_path_factory: pytest.TempPathFactory
-) -> Path:
-    """The output folder of one quick benchmark run."""
-    work = tmp_path_factory.mktemp("bench")
+def quick_bench(work: Path, bundle: Path, tiny_data: PreparedData, *flags: str) -> Path:
+    """`edgerec bench --quick` on `bundle` with the tiny shop's samples and no export folder; its output folder."""
     samples = write_samples(work / "samples", tiny_data)
     output = work / "out"
     status = cli.main(
         [
-            "bench", "--quick",
-            "--bundle", str(exported_bundle),
-            "--checkpoint", str(tiny_checkpoint),
+            "bench", "--quick", *flags,
+            "--bundle", str(bundle),
             "--samples-dir", str(samples),
             "--export-dir", str(work / "no-export"),
             "--output-dir", str(output),
@@ -56,6 +51,16 @@ def quick_run(
     )  # fmt: skip
     assert status == 0
     return output
+
+
+@pytest.fixture(scope="module")
+def quick_run(
+    exported_bundle: Path, tiny_checkpoint: Path, tiny_data: PreparedData, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """The output folder of one quick benchmark run."""
+    return quick_bench(
+        tmp_path_factory.mktemp("bench"), exported_bundle, tiny_data, "--checkpoint", str(tiny_checkpoint)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -203,21 +208,7 @@ def test_report_and_plots_are_written(quick_run: Path, results: dict) -> None:
 @pytest.fixture(scope="module")
 def two_stage_run(tiny_two_stage_bundle: Path, tiny_data: PreparedData, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The output folder of one quick run of both server phases on the two-stage bundle."""
-    work = tmp_path_factory.mktemp("bench-two-stage")
-    samples = write_samples(work / "samples", tiny_data)
-    output = work / "out"
-    status = cli.main(
-        [
-            "bench", "--quick", "--no-offline",
-            "--bundle", str(tiny_two_stage_bundle),
-            "--samples-dir", str(samples),
-            "--export-dir", str(work / "no-export"),
-            "--output-dir", str(output),
-            "--offline-threads", "1",
-        ]
-    )  # fmt: skip
-    assert status == 0
-    return output
+    return quick_bench(tmp_path_factory.mktemp("bench-two-stage"), tiny_two_stage_bundle, tiny_data, "--no-offline")
 
 
 @pytest.fixture(scope="module")
