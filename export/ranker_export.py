@@ -157,17 +157,8 @@ def evaluate_on_test(
         lap("baseline_scoring_s")
         table = {}
         for name, (probabilities, quantities) in scores.items():
-            report = ranking_report(baskets, probabilities, quantities)
+            table[name] = model_row(baskets, probabilities, quantities, resamples)
             lap("metrics_s")
-            intervals = bootstrap_intervals(baskets, probabilities, resamples, seed=0, unit="customer", slices=EVAL_SLICES)
-            lap("bootstrap_s")
-            table[name] = {
-                sl: {
-                    **{m: report[sl][m] for m in EVAL_METRICS if m in report[sl]},
-                    "ci95": {m: [v["low"], v["high"]] for m, v in intervals[sl].items() if m in ("ndcg@10", "gauc")},
-                }
-                for sl in EVAL_SLICES
-            }
         quantity = ranking_report(baskets, np.zeros(sum(len(b.candidates) for b in baskets)), median_quantity(baskets))
         table[MEDIAN_QUANTITY] = {sl: {"rmse_log_quantity": quantity[sl]["rmse_log_quantity"]} for sl in EVAL_SLICES}
         lap("metrics_s")
@@ -177,6 +168,20 @@ def evaluate_on_test(
         lap("two_stage_s")
     out["timings"] = timings
     return out
+
+
+def model_row(baskets: list, score: np.ndarray, quantity: np.ndarray | None, resamples: int) -> dict[str, Any]:
+    """One model's row of the evaluation: `EVAL_METRICS` per slice of `EVAL_SLICES`, with 95% intervals
+    over customers for NDCG@10 and GAUC (`score` ranks the candidates, flat in basket order)."""
+    report = ranking_report(baskets, score, quantity)
+    intervals = bootstrap_intervals(baskets, score, resamples, seed=0, unit="customer", slices=EVAL_SLICES)
+    return {
+        sl: {
+            **{m: report[sl][m] for m in EVAL_METRICS if m in report[sl]},
+            "ci95": {m: [v["low"], v["high"]] for m, v in intervals[sl].items() if m in ("ndcg@10", "gauc")},
+        }
+        for sl in EVAL_SLICES
+    }
 
 
 def two_stage_table(
@@ -196,15 +201,7 @@ def two_stage_table(
         rows[f"ranker, cross-encoder re-ranks top {top}"] = (order, np.where(order >= RERANK_OFFSET, cross_q, ranker_q))
     table: dict[str, Any] = {"baskets": len(subset), "candidates": int(len(ranker_p))}
     for name, (score, quantity) in rows.items():
-        report = ranking_report(subset, score, quantity)
-        intervals = bootstrap_intervals(subset, score, resamples, seed=0, unit="customer", slices=EVAL_SLICES)
-        table[name] = {
-            sl: {
-                **{m: report[sl][m] for m in EVAL_METRICS if m in report[sl]},
-                "ci95": {m: [v["low"], v["high"]] for m, v in intervals[sl].items() if m in ("ndcg@10", "gauc")},
-            }
-            for sl in EVAL_SLICES
-        }
+        table[name] = model_row(subset, score, quantity, resamples)
         if name != "ranker":
             paired = paired_intervals(subset, score, ranker_p, resamples, seed=0, unit="customer", slices=EVAL_SLICES)
             for sl in EVAL_SLICES:

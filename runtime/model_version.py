@@ -201,7 +201,9 @@ def has_ranker(bundle: Bundle) -> bool:
     )
 
 
-def load_ranker(bundle: Bundle, config: Config, metrics: Metrics) -> RankerStage:
+def load_ranker(
+    bundle: Bundle, config: Config, metrics: Metrics, featurizer: Featurizer | None = None
+) -> RankerStage:
     """The bundle's ranker (its CPU default variants: a small MLP and the item tower) behind its batcher.
 
     Raises EdgeRecError FAILED_PRECONDITION when a model does not load, its embeddings do not match the
@@ -219,7 +221,7 @@ def load_ranker(bundle: Bundle, config: Config, metrics: Metrics) -> RankerStage
         providers=tuple(p for p in config.backend.providers if p != "tensorrt") or ("cpu",),
         intra_op_threads=config.ranker.ranker_threads,
     )
-    scorer = RankerScorer(bundle, sessions, config.ranker.text_cache_size)
+    scorer = RankerScorer(bundle, sessions, config.ranker.text_cache_size, featurizer)
     batching = config.ranker_batcher()
     if scorer.catalog_size > batching.max_queue_pairs:
         raise EdgeRecError(
@@ -356,7 +358,7 @@ class ModelVersion:
                 if config.backend.warm_up:
                     backend.warm_up((1, max_batch), (max(4, max_length // 4), max_length))
             if has_ranker(bundle):
-                ranker = load_ranker(bundle, config, metrics)
+                ranker = load_ranker(bundle, config, metrics, featurizer)
                 if config.backend.warm_up:
                     ranker.scorer.catalog_rows([], np.arange(ranker.scorer.catalog_size)).run(
                         np.arange(ranker.scorer.catalog_size)

@@ -39,8 +39,8 @@ import numpy as np
 from edgerec.core.behaviour import BehaviourTables, HistoryEntry, behaviour_features
 from edgerec.core.bundle import Bundle
 from edgerec.core.errors import EdgeRecError, ErrorCode
-from edgerec.core.featurize import item_key, load_catalog
-from edgerec.core.ranker_inputs import encode_item_texts, history_arrays, ranker_feeds
+from edgerec.core.featurize import Featurizer, item_key, load_catalog
+from edgerec.core.ranker_inputs import encode_item_texts, every_row, history_arrays, ranker_feeds
 from edgerec.core.sessions import SessionConfig, create_session
 from edgerec.core.signatures import ITEM_TOWER, RANKER
 
@@ -146,11 +146,16 @@ class RankerScorer:
     """Scores candidates for one customer with a bundle's two-tower ranker (thread-safe)."""
 
     def __init__(
-        self, bundle: Bundle, session_config: SessionConfig = SessionConfig(providers=("cpu",)), text_cache_size: int = 4096
+        self,
+        bundle: Bundle,
+        session_config: SessionConfig = SessionConfig(providers=("cpu",)),
+        text_cache_size: int = 4096,
+        featurizer: Featurizer | None = None,
     ) -> None:
-        """Raises EdgeRecError NOT_FOUND if the bundle holds no ranker, FAILED_PRECONDITION if its
+        """`featurizer`: the bundle's, when the caller has loaded it already (else it is loaded here).
+        Raises EdgeRecError NOT_FOUND if the bundle holds no ranker, FAILED_PRECONDITION if its
         embedding matrix does not have one row per catalog item or a model does not load."""
-        featurizer = bundle.featurizer()
+        featurizer = featurizer if featurizer is not None else bundle.featurizer()
         self.featurizer = featurizer
         self.item_ids = list(featurizer.catalog)  # catalog.json order: the rows of the embedding matrix
         self.texts = [entry["text"] for entry in load_catalog(bundle.catalog_path).values()]  # by row
@@ -232,8 +237,7 @@ class RankerScorer:
         """The payload scoring catalog items by row (int64 [N], e.g. the whole catalog for Recommend)."""
         entries, history_refs = self.history(history)
         rows = np.asarray(rows, dtype=np.int64)
-        whole = len(rows) == len(self.item_ids) and (rows == np.arange(len(rows))).all()
-        keys = self.item_ids if whole else [self.item_ids[r] for r in rows.tolist()]
+        keys = self.item_ids if every_row(rows, len(self.item_ids)) else [self.item_ids[r] for r in rows.tolist()]
         return CustomerRows(self, entries, history_refs, keys, rows)
 
     def score(
@@ -256,8 +260,7 @@ class RankerScorer:
         """Score `rows`' candidates at `indices` (worker thread): one ranker call, every output."""
         indices = np.asarray(indices, dtype=np.int64)
         refs = rows.refs[indices] if isinstance(rows.refs, np.ndarray) else [rows.refs[i] for i in indices.tolist()]
-        every = len(indices) == len(rows.keys) and (indices == np.arange(len(indices))).all()
-        keys = rows.keys if every else [rows.keys[i] for i in indices.tolist()]
+        keys = rows.keys if every_row(indices, len(rows.keys)) else [rows.keys[i] for i in indices.tolist()]
         texts = [r for r in (*rows.history_refs, *([] if isinstance(refs, np.ndarray) else refs)) if isinstance(r, str)]
         if texts:
             # A small matrix of only the rows this call reads: its catalog rows, then its free texts' rows.

@@ -142,7 +142,7 @@ class SegmentRunner:
 
 
 def prepare_segments(segments) -> list[tuple[object, np.ndarray]]:
-    """The ranker batcher's `prepare` (event loop): nothing to build, the work is in `run_segments`."""
+    """A ranker-side batcher's `prepare` (event loop): nothing to build, the work is in `SegmentRunner`."""
     return [(segment.payload, segment.indices) for segment in segments]
 
 
@@ -284,10 +284,7 @@ class TwoStagePipeline:
     @staticmethod
     def order(scores: StagedScores) -> np.ndarray:
         """Best first: re-ranked candidates by the cross-encoder, then the rest by the ranker (stable)."""
-        reranked = scores.stage == Stage.CROSS_ENCODER
-        if reranked.all():
-            return np.argsort(-scores.purchase_probability, kind="stable")
-        return two_stage_order(scores.purchase_probability, reranked)
+        return two_stage_order(scores.purchase_probability, scores.stage == Stage.CROSS_ENCODER)
 
     # -- Recommend ----------------------------------------------------------------
     async def recommend(

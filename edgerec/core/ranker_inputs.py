@@ -47,6 +47,11 @@ def history_arrays(history: Iterable, index: Mapping[str, int], max_history: int
     return np.asarray(rows, np.int64), np.asarray(counts, np.float32), np.asarray(days, np.float32)
 
 
+def every_row(rows: np.ndarray, n: int) -> bool:
+    """Whether `rows` (int [k]) is 0, 1, ..., n - 1: every row of an n-row table, in order."""
+    return len(rows) == n and bool((np.asarray(rows) == np.arange(n)).all())
+
+
 def ranker_feeds(
     embeddings: np.ndarray, history: History, candidate_rows: np.ndarray, features: np.ndarray
 ) -> dict[str, np.ndarray]:
@@ -67,7 +72,7 @@ def ranker_feeds(
     history_mask = np.zeros(slots, np.int64)
     history_mask[: len(rows)] = 1
     candidate_rows = np.asarray(candidate_rows, np.int64)
-    if len(candidate_rows) == len(embeddings) and (candidate_rows == np.arange(len(embeddings))).all():
+    if every_row(candidate_rows, len(embeddings)):
         candidates = embeddings  # every row in order (a whole-catalog call): no copy
     elif (candidate_rows >= 0).all():
         candidates = embeddings[candidate_rows]
