@@ -34,7 +34,7 @@ $(STAMP): pyproject.toml
 $(RUNTIME_DEPS): pyproject.toml
 	$(PYTHON) -m venv $(RUNTIME_VENV)
 	$(RUNTIME_VENV)/bin/python -m pip install --quiet --upgrade "pip>=24"
-	$(RUNTIME_VENV)/bin/python -m pip install --quiet --only-binary=:all: '.[runtime]' "pytest>=8" "pytest-timeout>=2.3"
+	$(RUNTIME_VENV)/bin/python -m pip install --quiet --only-binary=:all: '.[runtime]' "pytest>=8" "pytest-timeout>=2.3" "pytest-xdist>=3.5"
 	touch $@
 
 $(RUNTIME_STAMP): $(RUNTIME_DEPS) $(SOURCES)
@@ -72,10 +72,21 @@ reliability: $(STAMP)
 
 # The server's tests run once, in the runtime-only install, from tests/ so that the working tree's
 # edgerec/ is never on the path (`python -m` puts the current folder first); everything else runs in
-# the full install, where test_deploy checks the runtime-only one further.
+# the full install, where test_deploy checks the runtime-only one further. The two suites run at the
+# same time (the server's tests mostly wait on sockets and deadlines: ~3 s of CPU in ~15 s); the
+# server suite's output is printed when both have finished, and either failing fails `make test`.
+# TEST_WORKERS: pytest-xdist processes per suite (one test file stays in one process, so a file's
+# module fixtures are built once); 1 runs each suite in one process, as plain pytest does.
+TEST_WORKERS ?= 2
+XDIST := $(if $(filter-out 0 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile,-p no:xdist)
 test: $(STAMP) $(RUNTIME_STAMP)
-	cd tests && ../$(RUNTIME_VENV)/bin/pytest -q -p no:cacheprovider -c ../pyproject.toml --rootdir .. $(RUNTIME_TESTS:tests/%=%)
-	TESTS_RUNTIME_VENV=$(RUNTIME_VENV) $(PY) -m pytest -q --durations=15 $(addprefix --ignore=,$(RUNTIME_TESTS))
+	@log=$$(mktemp); \
+	(cd tests && ../$(RUNTIME_VENV)/bin/pytest -q -p no:cacheprovider -c ../pyproject.toml --rootdir .. $(XDIST) \
+		$(RUNTIME_TESTS:tests/%=%)) > $$log 2>&1 & server_tests=$$!; \
+	TESTS_RUNTIME_VENV=$(RUNTIME_VENV) $(PY) -m pytest -q --durations=15 $(XDIST) $(addprefix --ignore=,$(RUNTIME_TESTS)); \
+	status=$$?; wait $$server_tests; server_status=$$?; \
+	echo "== the server's tests, in the runtime-only install ($(RUNTIME_VENV)) =="; cat $$log; rm -f $$log; \
+	test $$status -eq 0 && test $$server_status -eq 0
 
 proto: $(STAMP)
 	$(PY) -m edgerec.proto.generate

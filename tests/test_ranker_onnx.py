@@ -153,8 +153,10 @@ def test_ranker_outputs_one_probability_and_one_positive_quantity_per_candidate(
         assert np.isfinite(value).all()
     probability, quantity = outputs["purchase_probability"], outputs["expected_quantity"]
     assert ((probability >= 0) & (probability <= 1)).all() and (quantity > 0).all()
-    np.testing.assert_allclose(probability, 1 / (1 + np.exp(-outputs["purchase_logit"])), rtol=1e-6)
-    np.testing.assert_allclose(quantity, np.exp(outputs["log_quantity"]), rtol=1e-6)
+    # float32 Sigmoid and Exp in ONNX Runtime's vectorised kernels: within 1.1e-6 relative of the exact value
+    # on an AVX-512 CPU (measured), so the bound is 1e-5, float32's rounding of a few operations
+    np.testing.assert_allclose(probability, 1 / (1 + np.exp(-outputs["purchase_logit"])), rtol=1e-5)
+    np.testing.assert_allclose(quantity, np.exp(outputs["log_quantity"]), rtol=1e-5)
 
 
 @pytest.mark.parametrize("history", [0, 1, 6])
