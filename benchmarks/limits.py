@@ -29,6 +29,8 @@ from typing import Any
 
 import psutil
 
+from edgerec.core.sessions import cpu_flags, has_vnni
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelShape:
@@ -91,17 +93,6 @@ class PeakEstimate:
         }
 
 
-def cpu_flags() -> set[str]:
-    """The CPU feature flags from /proc/cpuinfo (empty where there is none)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
 def cpu_ghz() -> float:
     """The nominal clock: psutil's max frequency, else the current one, else /proc/cpuinfo's."""
     frequency = psutil.cpu_freq()
@@ -127,7 +118,7 @@ def estimate_peak(cores: int | None = None, ghz: float | None = None, flags: set
         per_cycle, isa = 32, "AVX2 FMA"
     else:
         per_cycle, isa = 8, "SSE"
-    vnni = "avx512_vnni" in flags or "avx_vnni" in flags
+    vnni = has_vnni(flags)
     int8_factor = 4.0 if vnni else 2.0
     isa += ", VNNI" if vnni else ", no VNNI"
     return PeakEstimate(

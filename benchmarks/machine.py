@@ -16,7 +16,7 @@ from typing import Any
 import onnxruntime as ort
 import psutil
 
-from edgerec.benchmarks.limits import cpu_flags
+from edgerec.core.sessions import cpu_flags
 
 LIBRARIES = (
     "edgerec",

@@ -60,7 +60,7 @@ from edgerec.export.tensorrt import build_engine_cache
 from edgerec.export.train import TrainConfig, train
 from edgerec.export.triton import TritonConfig, write_repository
 from edgerec.export.validate import GateConfig, GateFailed, GateResult, OnnxScorer, enforce, run_gate
-from edgerec.export.variants import PRECISIONS, SOURCE_OF, VariantSet, build_variants, encode_batches, sample
+from edgerec.export.variants import PRECISIONS, VariantSet, build_variants, encode_batches, sample
 
 log = logging.getLogger(__name__)
 
@@ -440,7 +440,7 @@ def cross_encoder_artifacts(
         "opset": variants.export.opset,
         "exporter": variants.export.exporter,
         "precision": {p: p.split("-")[0] for p in paths},
-        "derived_from": {p: SOURCE_OF[p] for p in paths if p in SOURCE_OF},
+        "derived_from": dict(variants.sources),
         "metrics": {
             "training": {**info.get("training", {}), **_train_report_summary(config.checkpoint_dir)},
             "evaluation": {key: evaluation.get(key) for key in ("split", "sizes", "results", "timings")},

@@ -5,9 +5,10 @@ pipeline adds training, validation and bundling around it, and the tests run
 it on a tiny random BERT.
 - fp32: the plain export; fp32-optimized: it fused by ONNX Runtime's
   transformer optimizer (`optimize.py`);
-- int8 dynamic and int8 static: derived from the fused fp32 graph, so the CPU
-  variants share its operator fusions; the calibration pairs of int8 static
-  are built from baskets exactly as in training (`Featurizer.catalog_pairs`);
+- int8 static: derived from the fused fp32 graph, so it shares its operator
+  fusions; its calibration pairs are built from baskets exactly as in
+  training (`Featurizer.catalog_pairs`); int8 dynamic: from the fused or the
+  plain graph, by CPU (`quantize.dynamic_source_of`);
 - fp16, the GPU variant: converted from the plain fp32 export, because the
   fused graph's ONNX Runtime contrib operators (Attention,
   SkipLayerNormalization, ...) are not layers TensorRT can run.
@@ -28,23 +29,36 @@ from edgerec.export.evaluate import basket_pairs
 from edgerec.export.model import CrossEncoderRecommender
 from edgerec.export.onnx_export import OPSET, ExportRecord, export_onnx
 from edgerec.export.optimize import OptimizeRecord, optimize_onnx
-from edgerec.export.quantize import QuantizeConfig, convert_fp16, pad_batch, quantize_int8_dynamic, quantize_int8_static
+from edgerec.export.quantize import (
+    QuantizeConfig,
+    convert_fp16,
+    dynamic_source_of,
+    pad_batch,
+    quantize_int8_dynamic,
+    quantize_int8_static,
+)
 from edgerec.export.samples import Basket
 
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "fp32-optimized", "int8-dynamic", "int8-static", "fp16")
-# The variant each derived variant is made from (see the module docstring).
+# The variant each derived variant is made from (see the module docstring); int8-dynamic's is `source_of`'s.
 SOURCE_OF = {"fp32-optimized": "fp32", "int8-dynamic": "fp32-optimized", "int8-static": "fp32-optimized", "fp16": "fp32"}
+
+
+def source_of(quantize: QuantizeConfig = QuantizeConfig()) -> dict[str, str]:
+    """`SOURCE_OF` with int8-dynamic's source resolved for `quantize` on this CPU."""
+    return {**SOURCE_OF, "int8-dynamic": dynamic_source_of(quantize)}
 
 
 @dataclasses.dataclass(frozen=True)
 class VariantSet:
-    """The variant files of one model, by precision, and how they were made."""
+    """The variant files of one model, by precision, how they were made, and what each derives from."""
 
     paths: dict[str, Path]
     export: ExportRecord
     optimize: OptimizeRecord
+    sources: dict[str, str] = dataclasses.field(default_factory=lambda: dict(SOURCE_OF))
 
 
 def sample(baskets: Sequence[Basket], count: int, seed: int) -> list[Basket]:
@@ -91,6 +105,7 @@ def build_variants(
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
+    sources = source_of(quantize)
     steps = ["export", "optimize", *[p for p in precisions if p not in ("fp32", "fp32-optimized")]]
     bar = tqdm(steps, desc="variants", unit="step", disable=not progress)
     for step in bar:
@@ -99,14 +114,14 @@ def build_variants(
             exported = export_onnx(model, workdir / "model.fp32.onnx", opset)
             paths["fp32"] = exported.path
         elif step == "optimize":
-            optimized = optimize_onnx(paths[SOURCE_OF["fp32-optimized"]], workdir / "model.fp32-optimized.onnx", model.config)
+            optimized = optimize_onnx(paths[sources["fp32-optimized"]], workdir / "model.fp32-optimized.onnx", model.config)
             paths["fp32-optimized"] = optimized.path
         elif step == "int8-dynamic":
-            paths[step] = quantize_int8_dynamic(paths[SOURCE_OF[step]], workdir / "model.int8-dynamic.onnx", quantize)
+            paths[step] = quantize_int8_dynamic(paths[sources[step]], workdir / "model.int8-dynamic.onnx", quantize)
         elif step == "int8-static":
             feeds = calibration_feeds(calibration, pad_id)
-            paths[step] = quantize_int8_static(paths[SOURCE_OF[step]], workdir / "model.int8-static.onnx", feeds, quantize)
+            paths[step] = quantize_int8_static(paths[sources[step]], workdir / "model.int8-static.onnx", feeds, quantize)
         elif step == "fp16":
-            paths[step] = convert_fp16(paths[SOURCE_OF[step]], workdir / "model.fp16.onnx")
+            paths[step] = convert_fp16(paths[sources[step]], workdir / "model.fp16.onnx")
     wanted = {p: paths[p] for p in PRECISIONS if p in precisions}
-    return VariantSet(paths=wanted, export=exported, optimize=optimized)
+    return VariantSet(paths=wanted, export=exported, optimize=optimized, sources={p: sources[p] for p in wanted if p in sources})

@@ -21,6 +21,7 @@ from edgerec.export.bundle import build_bundle, pack_bundle
 from edgerec.export.evaluate import torch_scorer
 from edgerec.export.model import load_checkpoint
 from edgerec.export.optimize import expected_fusions, fusion_findings
+from edgerec.export.quantize import QuantizeConfig, dynamic_source_of, quantize_int8_dynamic
 from edgerec.export.validate import GateConfig, GateFailed, OnnxScorer, enforce, run_gate
 from edgerec.export.variants import build_variants, encode_batches
 from edgerec.runtime.config import BatcherConfig
@@ -84,6 +85,32 @@ def test_the_gpu_variant_is_fp16_of_the_plain_graph_without_contrib_operators(ex
     assert {node.domain for node in fp16.graph.node} <= {"", "ai.onnx"}  # TensorRT runs standard operators only
     assert "com.microsoft" in {node.domain for node in fused.graph.node}  # the fused CPU graph does not qualify
     assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in fp16.graph.initializer)
+
+
+def test_int8_dynamic_is_quantized_from_the_plain_graph_on_a_vnni_cpu_else_from_the_fused_one(exported_bundle: Path) -> None:
+    auto = QuantizeConfig()
+    assert dynamic_source_of(auto, flags={"avx2", "fma", "avx512f", "avx512_vnni"}) == "fp32"
+    assert dynamic_source_of(auto, flags={"avx2", "fma", "avx_vnni"}) == "fp32"
+    assert dynamic_source_of(auto, flags={"avx2", "fma"}) == "fp32-optimized"
+    assert dynamic_source_of(QuantizeConfig(dynamic_source="fp32-optimized"), flags={"avx512_vnni"}) == "fp32-optimized"
+    with pytest.raises(ValueError, match="dynamic_source"):
+        dynamic_source_of(QuantizeConfig(dynamic_source="fp16"))
+    # the manifest says which graph this machine's export quantized
+    derived = open_bundle(exported_bundle).model(MODEL).info["derived_from"]
+    assert derived["int8-dynamic"] == dynamic_source_of(auto) and derived["fp32-optimized"] == "fp32"
+
+
+@pytest.mark.parametrize("source", ["fp32", "fp32-optimized"])
+def test_int8_dynamic_from_either_graph_scores_like_fp32_at_a_quarter_of_its_size(
+    exported_bundle: Path, valid_batches, source: str, tmp_path: Path
+) -> None:
+    bundle = open_bundle(exported_bundle)
+    fp32 = bundle.variant_path(MODEL, "fp32")
+    int8 = quantize_int8_dynamic(bundle.variant_path(MODEL, source), tmp_path / "model.int8-dynamic.onnx")
+    assert int8.stat().st_size < 0.3 * fp32.stat().st_size  # the embedding tables are int8 from either graph
+    reference, quantized = OnnxScorer(fp32), OnnxScorer(int8)
+    for batch in valid_batches:
+        np.testing.assert_allclose(quantized(batch)[0], reference(batch)[0], atol=GateConfig().int8_max_abs_diff)
 
 
 def test_int8_variants_are_smaller_than_fp32(exported_bundle: Path, record_property) -> None:

@@ -108,6 +108,24 @@ class OpenedSession:
         return "cpu" if self.provider == CPU else "gpu"
 
 
+def cpu_flags() -> set[str]:
+    """The CPU feature flags from /proc/cpuinfo (empty where there is none)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def has_vnni(flags: set[str] | None = None) -> bool:
+    """Whether the CPU has an int8 dot-product instruction (AVX-512 VNNI or AVX-VNNI), which ONNX Runtime's
+    int8 kernels use: four int8 products summed per fp32 lane in one instruction (`flags`: `cpu_flags()`)."""
+    flags = cpu_flags() if flags is None else flags
+    return "avx512_vnni" in flags or "avx_vnni" in flags
+
+
 def available_cpus() -> int:
     """CPUs this process may run on (its affinity mask; all of them where that is unknown)."""
     try:
