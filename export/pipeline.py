@@ -277,7 +277,11 @@ def gate_variants(
         else:  # one int8 variant (the default: int8 static is not built): nothing to choose between, nothing to time
             seconds = {p: float("nan") for p in int8}
         choice = choose_int8(results, seconds)
-        log.info("CPU int8 variant: %s (%s)", choice["chosen"], {p: round(c["seconds"], 3) for p, c in choice["candidates"].items()})
+        if len(int8) > 1:
+            timed = {p: round(c["seconds"], 3) for p, c in choice["candidates"].items()}
+            log.info("CPU int8 variant: %s (seconds over the timing batches: %s)", choice["chosen"], timed)
+        else:
+            log.info("CPU int8 variant: %s (the only int8 variant built, so not timed)", choice["chosen"])
     else:
         choice = None
     return GateOutcome(reference, results, choice)
