@@ -247,24 +247,37 @@ class TwoTowerRanker(nn.Module):
             projected = history @ self.user_projection.weight.T  # [B, H, P], bias added once below
             user_z = torch.einsum("bnh,bhp->bnp", attention, projected) + self.user_projection.bias  # [B, N, P]
         else:
-            user_z = self.user_projection(pooled).unsqueeze(1).expand_as(item_z)  # [B, N, P]
-        parts = [user_z, item_z, user_z * item_z]
+            user_z = self.user_projection(pooled).unsqueeze(1)  # [B, 1, P]: one user vector for every candidate
+        rest = []  # the head's inputs after the three projected parts: [sim, φ']
         if self.similarity_features:
-            unit_items = nn.functional.normalize(items, dim=-1)  # [B, N, D]
-            unit_history = nn.functional.normalize(history, dim=-1)  # [B, H, D]
-            cosine = torch.einsum("bnd,bhd->bnh", unit_items, unit_history)  # [B, N, H]
-            cosine = cosine.masked_fill(~mask.unsqueeze(1), -1.0)
-            nearest = cosine.max(dim=2).values.masked_fill(~any_history, 0.0)  # [B, N]
-            # an elementwise product and sum, not a one-column matrix product: ONNX Runtime's CPU kernel
-            # for the latter rounds a row differently as N grows (ranker_onnx.RankerGraph)
-            to_user = (unit_items * nn.functional.normalize(pooled, dim=-1).unsqueeze(1)).sum(dim=-1)  # [B, N]
-            parts += [nearest.unsqueeze(-1), to_user.unsqueeze(-1)]
-        parts.append((features - self.feature_mean) / self.feature_std)
-        joined = torch.cat(parts, dim=-1)
-        hidden = self.body(joined)
+            # cos(item, h) = (item · h/|h|) / |item|: one product of the raw items with the unit past items and
+            # the unit user vector, divided by the items' norms, instead of normalising every item (the
+            # [N, D] divide was the graph's costliest elementwise node). Every product has >= 2 rows and
+            # columns (`ranker_onnx.RankerGraph` appends a zero candidate and a masked history slot), so
+            # ONNX Runtime rounds a candidate's values alike whatever else is in the call.
+            references = torch.cat(
+                [nn.functional.normalize(history, dim=-1), nn.functional.normalize(pooled, dim=-1).unsqueeze(1)], dim=1
+            )  # [B, H + 1, D]
+            norms = torch.sqrt((items * items).sum(dim=-1, keepdim=True)).clamp(min=1e-12)  # [B, N, 1]
+            cosine = (items @ references.transpose(1, 2)) / norms  # [B, N, H + 1]
+            to_history = cosine[..., :-1].masked_fill(~mask.unsqueeze(1), -1.0)
+            nearest = to_history.max(dim=2).values.masked_fill(~any_history, 0.0)  # [B, N]
+            rest += [nearest.unsqueeze(-1), cosine[..., -1:]]
+        rest.append((features - self.feature_mean) / self.feature_std)
+        rest = torch.cat(rest, dim=-1)  # [B, N, width - 3P]
+        # The body's first layer over [u W_u, i W_i, (u W_u) ⊙ (i W_i), rest], as one product per part with
+        # its columns of the weight: the same sum without broadcasting u W_u to every candidate and
+        # concatenating N rows of width 3P + ... first.
+        first, width = self.body[0], user_z.shape[-1]
+        user_part, item_part, both_part, rest_part = first.weight.split([width, width, width, rest.shape[-1]], dim=1)
+        hidden = (
+            user_z @ user_part.T + item_z @ item_part.T + (user_z * item_z) @ both_part.T + rest @ rest_part.T + first.bias
+        )
+        for layer in self.body[1:]:
+            hidden = layer(hidden)
         logit = self.purchase_head(hidden).squeeze(-1)
         if self.wide_weight is not None:
-            logit = logit + (joined[..., 3 * user_z.shape[-1] :] * self.wide_weight).sum(dim=-1)
+            logit = logit + (rest * self.wide_weight).sum(dim=-1)
         return logit, self.quantity_head(hidden).squeeze(-1)
 
     def score(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

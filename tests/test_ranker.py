@@ -54,6 +54,38 @@ def test_head_outputs_have_one_probability_and_one_positive_quantity_per_candida
     torch.testing.assert_close(quantity, torch.exp(log_quantity))
 
 
+def concatenated_head(model: TwoTowerRanker, history, counts, days, mask, items, features):
+    """The head as the module docstring writes it: MLP([u W_u, i W_i, (u W_u) ⊙ (i W_i), sim, φ']), each
+    part computed and concatenated in full (weighted pooling): the reference for the factored forward."""
+    prior = model.prior(counts, days, mask)
+    any_history = mask.any(dim=1, keepdim=True)
+    weights = torch.softmax(torch.where(any_history, prior, torch.zeros_like(prior)), dim=1) * mask
+    pooled = torch.einsum("bh,bhd->bd", weights, history)
+    item_z = model.item_projection(items)
+    user_z = model.user_projection(pooled).unsqueeze(1).expand_as(item_z)
+    unit_items = torch.nn.functional.normalize(items, dim=-1)
+    cosine = torch.einsum("bnd,bhd->bnh", unit_items, torch.nn.functional.normalize(history, dim=-1))
+    nearest = cosine.masked_fill(~mask.unsqueeze(1), -1.0).max(dim=2).values.masked_fill(~any_history, 0.0)
+    to_user = (unit_items * torch.nn.functional.normalize(pooled, dim=-1).unsqueeze(1)).sum(dim=-1)
+    rest = torch.cat([nearest.unsqueeze(-1), to_user.unsqueeze(-1), (features - model.feature_mean) / model.feature_std], -1)
+    hidden = model.body(torch.cat([user_z, item_z, user_z * item_z, rest], dim=-1))
+    logit = model.purchase_head(hidden).squeeze(-1)
+    if model.wide_weight is not None:
+        logit = logit + (rest * model.wide_weight).sum(dim=-1)
+    return logit, model.quantity_head(hidden).squeeze(-1)
+
+
+@pytest.mark.parametrize("wide", [False, True])
+def test_the_factored_head_computes_the_concatenated_one(wide):
+    torch.manual_seed(0)
+    model = TwoTowerRanker(item_dim=32, proj_dim=8, hidden=16, wide=wide).eval()
+    if wide:
+        torch.nn.init.normal_(model.wide_weight)
+    inputs = random_inputs()
+    for got, expected in zip(model(*inputs), concatenated_head(model, *inputs)):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
 def test_padding_and_batch_mates_do_not_change_a_customers_scores():
     torch.manual_seed(0)
     model = TwoTowerRanker(item_dim=32, proj_dim=8, hidden=16, pooling="attention").eval()
