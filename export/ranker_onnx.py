@@ -75,7 +75,7 @@ log = logging.getLogger(__name__)
 
 TOWER_PRECISIONS = ("fp32", "fp32-optimized", "int8-dynamic")
 RANKER_PRECISIONS = ("fp32", "int8-dynamic")
-# The variant each derived variant is made from (as `variants.SOURCE_OF` for the cross-encoder).
+# The variant each derived variant is made from (as `variants.source_of` for the cross-encoder).
 TOWER_SOURCE_OF = {"fp32-optimized": "fp32", "int8-dynamic": "fp32-optimized"}
 RANKER_SOURCE_OF = {"int8-dynamic": "fp32"}
 

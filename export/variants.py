@@ -42,12 +42,13 @@ from edgerec.export.samples import Basket
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "fp32-optimized", "int8-dynamic", "int8-static", "fp16")
-# The variant each derived variant is made from (see the module docstring); int8-dynamic's is `source_of`'s.
-SOURCE_OF = {"fp32-optimized": "fp32", "int8-dynamic": "fp32-optimized", "int8-static": "fp32-optimized", "fp16": "fp32"}
+# The variant each derived variant is made from (see the module docstring); int8-dynamic's depends on the
+# CPU and the settings, so `source_of` adds it.
+SOURCE_OF = {"fp32-optimized": "fp32", "int8-static": "fp32-optimized", "fp16": "fp32"}
 
 
 def source_of(quantize: QuantizeConfig = QuantizeConfig()) -> dict[str, str]:
-    """`SOURCE_OF` with int8-dynamic's source resolved for `quantize` on this CPU."""
+    """`SOURCE_OF` with int8-dynamic's source (`quantize.dynamic_source_of` on this CPU)."""
     return {**SOURCE_OF, "int8-dynamic": dynamic_source_of(quantize)}
 
 
@@ -58,7 +59,7 @@ class VariantSet:
     paths: dict[str, Path]
     export: ExportRecord
     optimize: OptimizeRecord
-    sources: dict[str, str] = dataclasses.field(default_factory=lambda: dict(SOURCE_OF))
+    sources: dict[str, str]  # derived precision -> the precision it was made from (`source_of`)
 
 
 def sample(baskets: Sequence[Basket], count: int, seed: int) -> list[Basket]:
