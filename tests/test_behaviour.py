@@ -140,6 +140,20 @@ def test_a_repeated_key_keeps_its_newest_entry_and_free_text_gets_defaults(table
     assert behaviour_features([], [], tables).shape == (0, NUM_FEATURES)
 
 
+def test_a_candidate_gets_its_own_facts_whatever_its_batch_mates_catalog_or_free_text(tables):
+    """The vectorised lookups (table row for catalog items, key for free text) give each candidate what it gets alone."""
+    history = [HistoryEntry(X, 3, 2.0), HistoryEntry("\0RED MUG", 2, 7.0), HistoryEntry(Y, 1, None), HistoryEntry(Q, 4, 9.0)]
+    candidates = ["\0BLUE MUG", Z, "\0RED MUG", X, Y, COLD, X, W]
+    together = behaviour_features(history, candidates, tables)
+    alone = np.vstack([behaviour_features(history, [candidate], tables) for candidate in candidates])
+    np.testing.assert_array_equal(together, alone)
+    np.testing.assert_allclose(column(together, "log_times_bought"), np.log1p([0, 0, 2, 3, 1, 0, 3, 0]), rtol=1e-6)
+    days = np.array([DAYS_CAP, DAYS_CAP, 7.0, 2.0, DAYS_CAP, DAYS_CAP, 2.0, DAYS_CAP])  # unknown or never: the cap
+    np.testing.assert_allclose(column(together, "days_since_bought"), days / DAYS_CAP, rtol=1e-6)
+    assert column(together, "bought_time_unknown").tolist() == [0, 0, 0, 0, 1, 0, 0, 0]
+    assert column(together, "new_to_customer").tolist() == [1, 1, 0, 0, 0, 1, 0, 1]
+
+
 def test_tables_round_trip_through_their_file(shop, tables, tmp_path):
     path = tables.save(tmp_path / "behaviour.npz")
     loaded = BehaviourTables.load(path)

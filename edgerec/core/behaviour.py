@@ -331,19 +331,28 @@ def behaviour_features(
     entries = clean_history(history)
     n = len(candidates)
     out = np.zeros((n, NUM_FEATURES), dtype=np.float32)
-    own = {e.key: e for e in entries}
     # Vectorised over the candidates (a whole-catalog call has thousands): one dict lookup each.
     cand_rows = np.fromiter(map(tables._index.get, candidates, itertools.repeat(-1, n)), dtype=np.int64, count=n)
     known = cand_rows >= 0
     rows = cand_rows[known]
 
+    # The customer's own facts per candidate: catalog items through their table row, and only the
+    # candidates the tables do not know (free text) by key, so no Python loop runs over the catalog.
+    past = np.array([tables.index_of(e.key) for e in entries], dtype=np.int64)
+    entry_count = np.array([e.count for e in entries], dtype=np.float64)
+    entry_days = np.array([np.nan if e.days_ago is None else e.days_ago for e in entries], dtype=np.float64)
+    own_row = np.full(len(tables.item_ids) + 1, -1, dtype=np.int64)  # table row -> entry; the last slot: none
+    own_row[past[past >= 0]] = np.flatnonzero(past >= 0)
+    entry_of = own_row[np.where(known, cand_rows, -1)]
+    if not known.all():
+        unknown = np.flatnonzero(~known)
+        free = {e.key: j for j, e in enumerate(entries) if past[j] < 0}
+        entry_of[unknown] = [free.get(candidates[i], -1) for i in unknown]
+    mine = entry_of >= 0
     counts = np.zeros(n, dtype=np.float64)
     days = np.full(n, np.nan, dtype=np.float64)
-    for i in [i for i, c in enumerate(candidates) if c in own]:
-        entry = own[candidates[i]]
-        counts[i] = entry.count
-        if entry.days_ago is not None:
-            days[i] = entry.days_ago
+    counts[mine] = entry_count[entry_of[mine]]
+    days[mine] = entry_days[entry_of[mine]]
     bought = counts > 0
     out[:, _COLUMN["log_times_bought"]] = np.log1p(counts)
     out[:, _COLUMN["days_since_bought"]] = np.where(np.isnan(days), DAYS_CAP, np.minimum(days, DAYS_CAP)) / DAYS_CAP
@@ -355,12 +364,12 @@ def behaviour_features(
     out[known, _COLUMN["log_baskets_per_buyer"]] = np.log(popularity / np.maximum(tables.buyers[rows], 1))
     out[known, _COLUMN["log_median_quantity"]] = np.log(np.maximum(tables.median_quantity[rows], 1e-6))
 
-    past = np.array([tables.index_of(e.key) for e in entries], dtype=np.int64)
     recent = np.arange(len(entries)) < RECENT_ITEMS
     recent, past = recent[past >= 0], past[past >= 0]
     if past.size and rows.size:
         lengths = tables.indptr[past + 1] - tables.indptr[past]
-        spans = np.concatenate([np.arange(tables.indptr[p], tables.indptr[p + 1]) for p in past])
+        # Every past item's neighbour span of the CSR table, concatenated in history order.
+        spans = np.repeat(tables.indptr[past] - (np.cumsum(lengths) - lengths), lengths) + np.arange(lengths.sum())
         neighbour, weight = tables.indices[spans], tables.weights[spans].astype(np.float64)
         from_recent = np.repeat(recent, lengths)
         size = len(tables.item_ids)
