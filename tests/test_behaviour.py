@@ -141,7 +141,7 @@ def test_a_repeated_key_keeps_its_newest_entry_and_free_text_gets_defaults(table
 
 
 def test_a_candidate_gets_its_own_facts_whatever_its_batch_mates_catalog_or_free_text(tables):
-    """The vectorised lookups (table row for catalog items, key for free text) give each candidate what it gets alone."""
+    """Vectorised lookups (table row for catalog items, key for free text) give each candidate its facts alone."""
     history = [
         HistoryEntry(X, 3, 2.0), HistoryEntry("\0RED MUG", 2, 7.0), HistoryEntry(Y, 1, None), HistoryEntry(Q, 4, 9.0)
     ]
