@@ -343,7 +343,7 @@ def behaviour_features(
     entry_days = np.array([np.nan if e.days_ago is None else e.days_ago for e in entries], dtype=np.float64)
     own_row = np.full(len(tables.item_ids) + 1, -1, dtype=np.int64)  # table row -> entry; the last slot: none
     own_row[past[past >= 0]] = np.flatnonzero(past >= 0)
-    entry_of = own_row[np.where(known, cand_rows, -1)]
+    entry_of = own_row[cand_rows]  # an unknown candidate's row is -1: the last slot
     if not known.all():
         unknown = np.flatnonzero(~known)
         free = {e.key: j for j, e in enumerate(entries) if past[j] < 0}
